@@ -1,0 +1,206 @@
+//! The typed model every source (file, Kubernetes) produces.
+//!
+//! Values here are checked for *shape* (a duration parses, a file could be
+//! read); whether a route makes sense as a whole is decided by
+//! `RouteTable::compile`, which turns each [`RouteSpec`] into a runtime route
+//! or a [`Problem`](super::Problem) naming its origin.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::yaml::SourceMap;
+
+/// Global settings: everything in the config that is not a route.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the proxy listens (`:443` by default, as in Pomerium).
+    pub address: SocketAddr,
+    /// Plain HTTP listener that redirects everything to https.
+    pub http_redirect_addr: Option<SocketAddr>,
+    /// Serve plain HTTP on `address` (a TLS terminator sits in front).
+    pub insecure_server: bool,
+    /// Serving certificates, chosen by SNI. Empty: a generated self-signed one.
+    pub certificates: Vec<CertifiedKey>,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_address: Option<SocketAddr>,
+    /// Upstream timeout for routes that do not set `timeout`.
+    pub default_upstream_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            address: SocketAddr::from(([0, 0, 0, 0], 443)),
+            http_redirect_addr: None,
+            insecure_server: false,
+            certificates: Vec::new(),
+            trusted_proxies: Vec::new(),
+            metrics_address: None,
+            default_upstream_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A certificate chain and its private key, already parsed from PEM.
+pub struct CertifiedKey {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Where it came from, for logs (`certificates[1]`, a file name, a Secret).
+    pub origin: String,
+}
+
+impl Clone for CertifiedKey {
+    fn clone(&self) -> Self {
+        CertifiedKey {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            origin: self.origin.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertifiedKey")
+            .field("origin", &self.origin)
+            .field("chain_len", &self.chain.len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One route, whatever its source. Field meanings follow Pomerium's route keys.
+#[derive(Debug, Clone, Default)]
+pub struct RouteSpec {
+    pub origin: Origin,
+    pub from: String,
+    /// Each entry is `URL` or `URL,weight`.
+    pub to: Vec<String>,
+    pub response: Option<DirectResponse>,
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    pub regex: Option<String>,
+    pub prefix_rewrite: Option<String>,
+    pub preserve_host_header: bool,
+    pub host_rewrite: Option<String>,
+    pub set_request_headers: BTreeMap<String, String>,
+    pub remove_request_headers: Vec<String>,
+    pub set_response_headers: BTreeMap<String, String>,
+    pub timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub allow_websockets: bool,
+    pub tls_skip_verify: bool,
+    /// PEM bundle of CAs trusted for this route's https upstreams.
+    pub tls_custom_ca: Option<String>,
+    pub allow_public_unauthenticated_access: bool,
+}
+
+/// A response Postern gives itself instead of forwarding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectResponse {
+    pub status: u16,
+    pub body: String,
+    pub content_type: String,
+}
+
+/// Where a route (or a setting) was defined, for every message about it.
+#[derive(Clone, Default)]
+pub enum Origin {
+    /// A config file; `path` is the key path of the route (`routes[2]`).
+    File {
+        file: Arc<str>,
+        path: String,
+        source: Arc<SourceMap>,
+    },
+    /// A Kubernetes object (`Ingress`, `Route`).
+    Object {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+    /// Built in code (tests, benchmarks).
+    #[default]
+    Inline,
+}
+
+impl Origin {
+    /// Human-readable location of `field` under this origin:
+    /// `config.yaml:14:5: routes[2].to` or `Route default/api: spec.to`.
+    pub fn locate(&self, field: Option<&str>) -> String {
+        match self {
+            Origin::File { file, path, source } => {
+                let full = match field {
+                    Some(f) if path.is_empty() => f.to_string(),
+                    Some(f) if f.starts_with('[') => format!("{path}{f}"),
+                    Some(f) => format!("{path}.{f}"),
+                    None => path.clone(),
+                };
+                match source.locate(&full) {
+                    Some(p) if full.is_empty() => format!("{file}:{}:{}", p.line, p.column),
+                    Some(p) => format!("{file}:{}:{}: {full}", p.line, p.column),
+                    None if full.is_empty() => file.to_string(),
+                    None => format!("{file}: {full}"),
+                }
+            }
+            Origin::Object {
+                kind,
+                namespace,
+                name,
+            } => match field {
+                Some(f) => format!("{kind} {namespace}/{name}: {f}"),
+                None => format!("{kind} {namespace}/{name}"),
+            },
+            Origin::Inline => field.unwrap_or("route").to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.locate(None))
+    }
+}
+
+impl fmt::Debug for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Origin({self})")
+    }
+}
+
+/// Something wrong with one part of the configuration.
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub origin: Origin,
+    /// The key inside the origin (`to`, `to[1]`, `response.status`), if known.
+    pub field: Option<String>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(origin: &Origin, field: Option<&str>, message: impl Into<String>) -> Self {
+        Problem {
+            origin: origin.clone(),
+            field: field.map(str::to_string),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.origin.locate(self.field.as_deref()),
+            self.message
+        )
+    }
+}

@@ -1,0 +1,11 @@
+//! Postern: an identity-aware access proxy and Kubernetes ingress controller.
+//!
+//! Data flows one way: config source → [`config::RouteSpec`] →
+//! [`routes::RouteTable`] → the per-request pipeline in [`proxy`].
+
+pub mod cli;
+pub mod config;
+pub mod proxy;
+pub mod routes;
+pub mod serve;
+pub mod telemetry;

@@ -1,0 +1,203 @@
+//! Body wrappers: the one response body type, streaming with accounting, and
+//! a request body that can be taken back if it was never sent.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body the proxy sends.
+pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub(crate) fn empty() -> ProxyBody {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Called once when a response body ends (completely, by error, or because
+/// the client went away) with the number of body bytes sent.
+pub(crate) type OnEnd = Box<dyn FnOnce(u64) + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    /// Streams the inner body frame by frame (never buffering it), counts
+    /// bytes, fails the stream after `idle` without a frame, and reports at
+    /// the end (access log and metrics).
+    pub(crate) struct Observed<B> {
+        #[pin]
+        inner: B,
+        bytes: u64,
+        idle: Option<Duration>,
+        #[pin]
+        timer: Option<Sleep>,
+        on_end: Option<OnEnd>,
+    }
+
+    impl<B> PinnedDrop for Observed<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(on_end) = this.on_end.take() {
+                on_end(*this.bytes);
+            }
+        }
+    }
+}
+
+impl<B> Observed<B> {
+    pub(crate) fn new(inner: B, idle: Option<Duration>, on_end: OnEnd) -> Self {
+        Observed {
+            inner,
+            bytes: 0,
+            idle,
+            timer: idle.map(tokio::time::sleep),
+            on_end: Some(on_end),
+        }
+    }
+}
+
+/// The stream was idle for longer than the route's `idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("no data for {0:?} (idle_timeout)")]
+pub(crate) struct IdleTimeout(Duration);
+
+impl<B> Body for Observed<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.bytes += data.len() as u64;
+                }
+                if let (Some(idle), Some(timer)) = (*this.idle, this.timer.as_mut().as_pin_mut()) {
+                    timer.reset(tokio::time::Instant::now() + idle);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                if let Some(on_end) = this.on_end.take() {
+                    on_end(*this.bytes);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let (Some(idle), Some(timer)) = (*this.idle, this.timer.as_mut().as_pin_mut())
+                    && timer.poll(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout(idle)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request body shared with the forwarder: the first poll takes it out of
+/// the slot. If connecting to an upstream fails, hyper has not polled the
+/// body yet, so [`Reclaimable::reclaim`] gets it back for the next upstream.
+pub(crate) struct Reclaimable {
+    slot: Arc<Mutex<Option<Incoming>>>,
+    taken: Option<Incoming>,
+    end_stream: bool,
+    hint: SizeHint,
+}
+
+impl Reclaimable {
+    pub(crate) fn new(body: Incoming) -> (Self, Arc<Mutex<Option<Incoming>>>) {
+        let end_stream = body.is_end_stream();
+        let hint = body.size_hint();
+        let slot = Arc::new(Mutex::new(Some(body)));
+        (
+            Reclaimable {
+                slot: slot.clone(),
+                taken: None,
+                end_stream,
+                hint,
+            },
+            slot,
+        )
+    }
+
+    /// A new handle on a slot whose body was not consumed; `None` if it was.
+    pub(crate) fn reclaim(slot: &Arc<Mutex<Option<Incoming>>>) -> Option<Self> {
+        let guard = slot.lock().ok()?;
+        let body = guard.as_ref()?;
+        let (end_stream, hint) = (body.is_end_stream(), body.size_hint());
+        drop(guard);
+        Some(Reclaimable {
+            slot: slot.clone(),
+            taken: None,
+            end_stream,
+            hint,
+        })
+    }
+}
+
+impl Body for Reclaimable {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if self.taken.is_none() {
+            let body = self.slot.lock().ok().and_then(|mut s| s.take());
+            match body {
+                Some(b) => self.taken = Some(b),
+                None => return Poll::Ready(None),
+            }
+        }
+        match self.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.taken {
+            Some(b) => b.is_end_stream(),
+            None => self.end_stream,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.taken {
+            Some(b) => b.size_hint(),
+            None => self.hint.clone(),
+        }
+    }
+}

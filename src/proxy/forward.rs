@@ -1,0 +1,528 @@
+//! Forwarding to upstreams: the request rewrite, the pooled clients, retry
+//! on connect failure, response header cleanup, and upgrade tunnels.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme, Uri};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::body::Reclaimable;
+use super::respond::ProxyError;
+use crate::routes::{HostHeader, Route, Upstream, UpstreamTls, Upstreams};
+
+type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
+type UpstreamClient = Client<HttpsConnector, Reclaimable>;
+
+/// Pooled clients, one per distinct upstream TLS policy (and one for h2c),
+/// kept across reloads so connection pools survive a config change.
+#[derive(Default)]
+pub(crate) struct Clients {
+    by_tls: Mutex<HashMap<(UpstreamTls, bool), UpstreamClient>>,
+}
+
+impl Clients {
+    fn get(&self, tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
+        let mut map = self.by_tls.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry((tls.clone(), h2c))
+            .or_insert_with(|| build_client(tls, h2c))
+            .clone()
+    }
+}
+
+fn build_client(tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions");
+    let config = if tls.skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth()
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(cas) = &tls.custom_ca {
+            for ca in cas.iter() {
+                let _ = roots.add(ca.clone());
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256);
+    if h2c {
+        client.http2_only(true);
+    }
+    client.build(connector)
+}
+
+/// `tls_skip_verify`: accept any certificate (the handshake is still checked).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// What the forwarder knows about the client connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Peer {
+    pub ip: IpAddr,
+    /// Whether the client reached us over TLS.
+    pub tls: bool,
+    /// Whether `X-Forwarded-*` from this peer are believed (`trusted_proxies`).
+    pub trusted: bool,
+}
+
+/// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-connection",
+];
+
+/// Removes hop-by-hop headers and any header named in `Connection`. A
+/// `TE: trailers` survives, as gRPC over HTTP/2 requires it.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    let keep_te = headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in &named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if keep_te {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Whether the request asks to switch protocols (WebSocket and the like).
+pub(crate) fn upgrade_requested(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let connection_upgrade = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if req.version() == Version::HTTP_11 && connection_upgrade {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// Sets `X-Forwarded-For/-Proto/-Host`, believing the client's values only
+/// from trusted proxies.
+fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: &str) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    let xfp = HeaderName::from_static("x-forwarded-proto");
+    let xfh = HeaderName::from_static("x-forwarded-host");
+    let prior: Vec<String> = if peer.trusted {
+        headers
+            .get_all(&xff)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::to_string)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut chain = prior.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer.ip.to_string());
+    if let Ok(v) = HeaderValue::from_str(&chain) {
+        headers.insert(xff, v);
+    }
+    if !(peer.trusted && headers.contains_key(&xfp)) {
+        headers.insert(
+            xfp,
+            HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
+        );
+    }
+    if !(peer.trusted && headers.contains_key(&xfh))
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        headers.insert(xfh, v);
+    }
+    if !peer.trusted {
+        headers.remove(header::FORWARDED);
+        headers.remove(HeaderName::from_static("x-real-ip"));
+    }
+}
+
+/// The path the upstream gets: the matched (normalized) path after
+/// `prefix_rewrite`, under the `to` URL's own path, plus the query.
+pub(crate) fn upstream_path(
+    route: &Route,
+    upstream: &Upstream,
+    path: &str,
+    query: Option<&str>,
+) -> String {
+    let rewritten: std::borrow::Cow<'_, str> = match &route.prefix_rewrite {
+        Some(rewrite) => {
+            let matched = match &route.rule {
+                crate::routes::PathRule::Prefix(p) => p.as_str(),
+                crate::routes::PathRule::Exact(p) => p.as_str(),
+                _ => "/",
+            };
+            let rest = path.strip_prefix(matched).unwrap_or(path);
+            if rewrite.ends_with('/') && rest.starts_with('/') {
+                format!("{rewrite}{}", &rest[1..]).into()
+            } else {
+                format!("{rewrite}{rest}").into()
+            }
+        }
+        None => path.into(),
+    };
+    let mut out = String::with_capacity(
+        upstream.base_path.len() + rewritten.len() + query.map_or(0, |q| q.len() + 1),
+    );
+    out.push_str(&upstream.base_path);
+    out.push_str(&rewritten);
+    if out.is_empty() {
+        out.push('/');
+    }
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// A request ready to forward, minus the upstream-specific parts.
+pub(crate) struct Outbound {
+    pub parts: http::request::Parts,
+    pub body: Arc<Mutex<Option<Incoming>>>,
+    pub first_body: Option<Reclaimable>,
+    /// Normalized path and original query.
+    pub path: String,
+    pub query: Option<String>,
+    /// Client-facing host (for `preserve_host_header` and X-Forwarded-Host).
+    pub host: String,
+}
+
+impl Outbound {
+    /// Prepares the client's request for any upstream of `route`.
+    pub(crate) fn new(
+        req: Request<Incoming>,
+        route: &Route,
+        peer: Peer,
+        host: String,
+        path: String,
+    ) -> Self {
+        let upgrade = if route.allow_websockets {
+            upgrade_requested(&req)
+        } else {
+            None
+        };
+        let (mut parts, body) = req.into_parts();
+        let query = parts.uri.query().map(str::to_string);
+        strip_hop_by_hop(&mut parts.headers);
+        set_forwarded(&mut parts.headers, peer, &host);
+        for name in &route.remove_request_headers {
+            parts.headers.remove(name);
+        }
+        for (name, value) in &route.set_request_headers {
+            parts.headers.insert(name.clone(), value.clone());
+        }
+        if let Some(proto) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto.clone());
+        }
+        let (first_body, slot) = Reclaimable::new(body);
+        Outbound {
+            parts,
+            body: slot,
+            first_body: Some(first_body),
+            path,
+            query,
+            host,
+        }
+    }
+
+    fn request_for(&mut self, route: &Route, upstream: &Upstream) -> Option<Request<Reclaimable>> {
+        let body = match self.first_body.take() {
+            Some(b) => b,
+            None => Reclaimable::reclaim(&self.body)?,
+        };
+        let scheme = if upstream.scheme.as_str() == "h2c" {
+            Scheme::HTTP
+        } else {
+            upstream.scheme.clone()
+        };
+        let pq: PathAndQuery = upstream_path(route, upstream, &self.path, self.query.as_deref())
+            .parse()
+            .ok()?;
+        let uri = Uri::builder()
+            .scheme(scheme)
+            .authority(upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()?;
+        let mut headers = self.parts.headers.clone();
+        let host = match &route.host_header {
+            HostHeader::Upstream => HeaderValue::from_str(upstream.authority.as_str()).ok(),
+            HostHeader::Preserve => HeaderValue::from_str(&self.host).ok(),
+            HostHeader::Rewrite(h) => Some(h.clone()),
+        };
+        if let Some(h) = host {
+            headers.insert(header::HOST, h);
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        // Let the client pick HTTP/1.1 or h2 per upstream (ALPN); an h2
+        // request from the client does not force h2 upstream.
+        *req.version_mut() = if upstream.scheme.as_str() == "h2c" {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        Some(req)
+    }
+}
+
+/// Sends the request to the route's upstreams: the scheduled one, then the
+/// others on connect failure (only while the body is still unsent).
+/// Returns the response and the upstream that gave it.
+pub(crate) async fn forward(
+    clients: &Clients,
+    route: &Route,
+    upstreams: &Upstreams,
+    mut out: Outbound,
+    on_error: impl Fn(&'static str),
+) -> Result<(Response<Incoming>, String), ProxyError> {
+    let mut last = ProxyError::UpstreamUnavailable;
+    for upstream in upstreams.attempt_order() {
+        let Some(req) = out.request_for(route, upstream) else {
+            break;
+        };
+        let client = clients.get(&upstreams.tls, upstream.scheme.as_str() == "h2c");
+        let sent = client.request(req);
+        let result = match route.timeout {
+            Some(t) => match tokio::time::timeout(t, sent).await {
+                Ok(r) => r,
+                Err(_) => {
+                    on_error("timeout");
+                    return Err(ProxyError::UpstreamTimeout);
+                }
+            },
+            None => sent.await,
+        };
+        match result {
+            Ok(resp) => return Ok((resp, upstream.to_string())),
+            Err(e) if e.is_connect() => {
+                on_error("connect");
+                tracing::debug!(upstream = %upstream, error = %e, "upstream connect failed; trying the next");
+                last = ProxyError::UpstreamUnavailable;
+            }
+            Err(e) => {
+                on_error("protocol");
+                tracing::debug!(upstream = %upstream, error = %e, "upstream request failed");
+                return Err(ProxyError::UpstreamFailed);
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Cleans the upstream response's hop-by-hop headers; for a `101`, splices
+/// the client and upstream connections together in the background.
+pub(crate) fn finish_upstream_response(
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    idle: Option<Duration>,
+) -> Response<Incoming> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_upgrade
+    {
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        let upgrade = resp.headers().get(header::UPGRADE).cloned();
+        tokio::spawn(async move {
+            let (Ok(client), Ok(upstream)) = (client_side.await, upstream_side.await) else {
+                tracing::debug!("upgrade failed on one side");
+                return;
+            };
+            tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+        });
+        strip_hop_by_hop(resp.headers_mut());
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(u) = upgrade {
+            resp.headers_mut().insert(header::UPGRADE, u);
+        }
+        return resp;
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    resp
+}
+
+/// Copies bytes both ways until either side closes or nothing moves for `idle`.
+async fn tunnel<A, B>(mut a: A, mut b: B, idle: Option<Duration>)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf_a = vec![0u8; 16 * 1024];
+    let mut buf_b = vec![0u8; 16 * 1024];
+    let idle = idle.unwrap_or(Duration::from_secs(24 * 3600));
+    loop {
+        let step = tokio::time::timeout(idle, async {
+            tokio::select! {
+                n = a.read(&mut buf_a) => match n { Ok(0) | Err(_) => false, Ok(n) => b.write_all(&buf_a[..n]).await.is_ok() },
+                n = b.read(&mut buf_b) => match n { Ok(0) | Err(_) => false, Ok(n) => a.write_all(&buf_b[..n]).await.is_ok() },
+            }
+        })
+        .await;
+        if !matches!(step, Ok(true)) {
+            let _ = a.shutdown().await;
+            let _ = b.shutdown().await;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        assert_eq!(
+            h.get(header::TE).map(|v| v.as_bytes()),
+            Some(&b"trailers"[..])
+        );
+        assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_spoof_forwarded_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let peer = Peer {
+            ip: "10.1.2.3".parse().expect("ip"),
+            tls: false,
+            trusted: false,
+        };
+        set_forwarded(&mut h, peer, "app.example.com");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let peer = Peer {
+            ip: "10.1.2.3".parse().expect("ip"),
+            tls: true,
+            trusted: true,
+        };
+        set_forwarded(&mut h, peer, "app.example.com");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
+    }
+}

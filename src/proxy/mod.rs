@@ -1,0 +1,209 @@
+//! Listeners, TLS, connection handling and graceful shutdown.
+//!
+//! Each accepted connection is served by hyper (HTTP/1.1 and HTTP/2 by ALPN
+//! or preface) with every request going through [`pipeline::handle`].
+
+pub(crate) mod body;
+mod forward;
+mod pipeline;
+mod respond;
+pub mod tls;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::routes::Routes;
+use crate::telemetry::Metrics;
+use body::{ProxyBody, empty};
+use forward::{Clients, Peer};
+use tls::CertResolver;
+
+/// Longest a client may take to send request headers or finish a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Everything requests share: the live table, metrics, upstream clients.
+pub struct Proxy {
+    pub routes: Arc<Routes>,
+    pub metrics: Arc<Metrics>,
+    pub certs: Arc<CertResolver>,
+    clients: Clients,
+}
+
+impl Proxy {
+    pub fn new(routes: Arc<Routes>, metrics: Arc<Metrics>, certs: Arc<CertResolver>) -> Self {
+        Proxy {
+            routes,
+            metrics,
+            certs,
+            clients: Clients::default(),
+        }
+    }
+}
+
+/// How the main listener speaks.
+#[derive(Clone)]
+pub enum Transport {
+    Tls(Arc<rustls::ServerConfig>),
+    Plain,
+}
+
+/// Accepts connections on `listener` until `stop`, then lets in-flight
+/// requests finish for up to `grace`.
+pub async fn serve(
+    proxy: Arc<Proxy>,
+    listener: TcpListener,
+    transport: Transport,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let acceptor = match &transport {
+        Transport::Tls(config) => Some(tokio_rustls::TlsAcceptor::from(config.clone())),
+        Transport::Plain => None,
+    };
+    loop {
+        let (stream, peer_addr) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let acceptor = acceptor.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let peer = Peer {
+                ip: peer_addr.ip().to_canonical(),
+                tls: acceptor.is_some(),
+                trusted: false,
+            };
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let proxy = proxy.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(pipeline::handle(proxy, peer, req).await)
+                }
+            });
+            let builder = connection_builder();
+            let result = match acceptor {
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            watcher
+                                .watch(
+                                    builder
+                                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                                        .into_owned(),
+                                )
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                }
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .into_owned(),
+                        )
+                        .await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(peer = %peer_addr, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        grace_secs = grace.as_secs_f64(),
+        "draining in-flight requests"
+    );
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+fn connection_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HANDSHAKE_TIMEOUT)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol();
+    builder
+}
+
+/// Answers plain HTTP with a redirect to the same URL over https.
+pub async fn serve_redirect(listener: TcpListener, https_port: u16, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+        };
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(redirect_to_https(&req, https_port))
+            });
+            let _ = connection_builder()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .map(|a| a.host().to_string())
+        });
+    let mut resp = Response::new(empty());
+    let Some(host) = host else {
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        return resp;
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(loc) = HeaderValue::from_str(&format!("https://{host}{port}{pq}")) {
+        resp.headers_mut().insert(header::LOCATION, loc);
+    }
+    resp
+}

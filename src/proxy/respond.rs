@@ -1,0 +1,163 @@
+//! The one place errors become HTTP responses.
+//!
+//! Browser navigations get a small HTML page; everything else gets JSON, so
+//! an SPA's `fetch()` can read why a call failed. Bodies never include
+//! upstream addresses or internal error details.
+
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+use super::body::{ProxyBody, full};
+use crate::routes::path::PathError;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    /// The client sent a path we refuse to route (client's fault).
+    #[error("bad request path: {0}")]
+    BadPath(#[from] PathError),
+    /// No `Host` (or `:authority`) to route by (client's fault).
+    #[error("request has no host")]
+    NoHost,
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The route needs a signed-in user and there is none.
+    #[error("sign-in required")]
+    Unauthenticated,
+    /// The upstream did not send response headers within the route timeout.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+    /// No upstream of the route accepted a connection.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream broke the protocol or the connection mid-request.
+    #[error("upstream failed")]
+    UpstreamFailed,
+}
+
+impl ProxyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadPath(_) | ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamUnavailable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// A stable machine-readable code for the JSON body.
+    fn code(&self) -> &'static str {
+        match self {
+            ProxyError::BadPath(_) => "bad_path",
+            ProxyError::NoHost => "no_host",
+            ProxyError::NoRoute => "not_found",
+            ProxyError::Unauthenticated => "unauthenticated",
+            ProxyError::UpstreamTimeout => "upstream_timeout",
+            ProxyError::UpstreamUnavailable => "upstream_unavailable",
+            ProxyError::UpstreamFailed => "upstream_failed",
+        }
+    }
+}
+
+/// Whether the client is a browser navigating (it will render a page),
+/// as opposed to `fetch()`, XHR, curl or an API client.
+pub(crate) fn is_navigation(headers: &HeaderMap) -> bool {
+    if let Some(mode) = headers.get("sec-fetch-mode") {
+        return mode.as_bytes() == b"navigate";
+    }
+    prefers_html(headers)
+}
+
+/// Accept lists `text/html` with a higher quality than JSON and `*/*`.
+fn prefers_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut html = None::<f32>;
+    let mut other = 0f32;
+    for item in accept.split(',') {
+        let mut parts = item.split(';');
+        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+            })
+            .next()
+            .unwrap_or(1.0);
+        if media == "text/html" || media == "application/xhtml+xml" {
+            html = Some(html.map_or(q, |h| h.max(q)));
+        } else if media == "application/json" || media == "*/*" {
+            other = other.max(q);
+        }
+    }
+    html.is_some_and(|h| h > 0.0 && h >= other)
+}
+
+/// Renders `err` for a client whose request had `headers`.
+pub(crate) fn error_response(err: &ProxyError, headers: &HeaderMap) -> Response<ProxyBody> {
+    let status = err.status();
+    let message = err.to_string();
+    let (content_type, body) = if is_navigation(headers) {
+        ("text/html; charset=utf-8", html_page(status, &message))
+    } else {
+        let json = serde_json::json!({ "error": err.code(), "message": message, "status": status.as_u16() });
+        ("application/json", format!("{json}\n"))
+    };
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn html_page(status: StatusCode, message: &str) -> String {
+    let code = status.as_u16();
+    let reason = status.canonical_reason().unwrap_or("Error");
+    // `message` comes from our own error strings, never from the request.
+    format!(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{code} {reason}</title>\
+         <style>body{{font-family:system-ui,sans-serif;max-width:40em;margin:4em auto;color:#222}}</style></head>\
+         <body><h1>{code} {reason}</h1><p>{message}.</p><hr><small>Postern</small></body></html>\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn navigation_is_told_by_fetch_mode_then_accept() {
+        assert!(is_navigation(&headers(&[("sec-fetch-mode", "navigate")])));
+        assert!(!is_navigation(&headers(&[
+            ("sec-fetch-mode", "cors"),
+            ("accept", "text/html")
+        ])));
+        assert!(is_navigation(&headers(&[(
+            "accept",
+            "text/html,application/xhtml+xml,*/*;q=0.8"
+        )])));
+        assert!(!is_navigation(&headers(&[("accept", "application/json")])));
+        assert!(!is_navigation(&headers(&[("accept", "*/*")])));
+        assert!(!is_navigation(&headers(&[(
+            "accept",
+            "application/json, text/html;q=0.5"
+        )])));
+        assert!(!is_navigation(&headers(&[])));
+    }
+}

@@ -1,0 +1,214 @@
+//! The `serve` command: load, compile, listen, reload, drain.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, Config, Problem, reload};
+use crate::proxy::tls::{CertResolver, TlsError, server_config};
+use crate::proxy::{self, Proxy, Transport};
+use crate::routes::{RouteTable, Routes};
+use crate::telemetry::{self, Metrics};
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error("{0}")]
+    Listen(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Runs the proxy until SIGTERM or SIGINT, then drains for up to `grace`.
+pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError> {
+    let Config {
+        settings,
+        routes: specs,
+        problems,
+    } = config::load(&config_path)?;
+    let (table, compile_problems) = RouteTable::compile(&settings, specs);
+    for problem in problems.iter().chain(&compile_problems) {
+        tracing::error!(problem = %problem, "route left out");
+    }
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_routes_loaded(table.len());
+    let certs = Arc::new(CertResolver::default());
+    if !settings.insecure_server && certs.replace(&settings.certificates, &route_hosts(&table))? {
+        tracing::warn!(
+            "no certificates configured: serving a generated self-signed certificate that browsers will not trust"
+        );
+    }
+    tracing::info!(routes = table.len(), config = %config_path.display(), "route table compiled");
+    let routes = Arc::new(Routes::new(table));
+    let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone()));
+
+    let stop = CancellationToken::new();
+    let main = telemetry::bind(settings.address, "address").await?;
+    let transport = if settings.insecure_server {
+        Transport::Plain
+    } else {
+        Transport::Tls(server_config(certs.clone()))
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = settings.http_redirect_addr {
+        let listener = telemetry::bind(addr, "http_redirect_addr").await?;
+        tasks.spawn(proxy::serve_redirect(
+            listener,
+            settings.address.port(),
+            stop.clone(),
+        ));
+    }
+    if let Some(addr) = settings.metrics_address {
+        let listener = telemetry::bind(addr, "metrics_address").await?;
+        tracing::info!(address = %listener.local_addr()?, "metrics listening");
+        tasks.spawn(telemetry::serve_metrics(
+            listener,
+            metrics.clone(),
+            stop.clone(),
+        ));
+    }
+    tracing::info!(address = %main.local_addr()?, tls = !settings.insecure_server, "proxy listening");
+    tasks.spawn(proxy::serve(
+        proxy.clone(),
+        main,
+        transport,
+        stop.clone(),
+        grace,
+    ));
+    metrics.set_ready(true);
+
+    let reloader = tokio::spawn(reload_loop(
+        config_path,
+        settings,
+        routes,
+        certs,
+        metrics.clone(),
+    ));
+    wait_for_shutdown_signal().await;
+    tracing::info!("shutting down");
+    metrics.set_ready(false);
+    reloader.abort();
+    stop.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn route_hosts(table: &RouteTable) -> Vec<String> {
+    table.routes().iter().map(|r| r.from.host.clone()).collect()
+}
+
+/// Reloads on every trigger. A config with any problem is rejected whole
+/// and the last good table keeps serving.
+async fn reload_loop(
+    path: PathBuf,
+    mut settings: config::Settings,
+    routes: Arc<Routes>,
+    certs: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+) {
+    let mut triggers = reload::watch(&path);
+    while let Some(trigger) = triggers.rx.recv().await {
+        tokio::time::sleep(reload::SETTLE).await;
+        while triggers.rx.try_recv().is_ok() {}
+        match load_clean(&path) {
+            Ok((next_settings, table)) => {
+                if !next_settings.insecure_server
+                    && let Err(e) = certs.replace(&next_settings.certificates, &route_hosts(&table))
+                {
+                    tracing::error!(error = %e, "config reload rejected; keeping the last good config");
+                    metrics.reloaded(false);
+                    continue;
+                }
+                warn_about_restart_only_settings(&settings, &next_settings);
+                metrics.set_routes_loaded(table.len());
+                tracing::info!(routes = table.len(), ?trigger, "config reloaded");
+                routes.publish(table);
+                metrics.reloaded(true);
+                settings = next_settings;
+            }
+            Err(problems) => {
+                for problem in &problems {
+                    tracing::error!(problem = %problem, "config reload rejected");
+                }
+                tracing::error!(
+                    problems = problems.len(),
+                    "config reload rejected; keeping the last good config"
+                );
+                metrics.reloaded(false);
+            }
+        }
+    }
+}
+
+/// Loads and compiles; any problem at all rejects the file.
+fn load_clean(path: &Path) -> Result<(config::Settings, RouteTable), Vec<Problem>> {
+    let Config {
+        settings,
+        routes,
+        mut problems,
+    } = match config::load(path) {
+        Ok(c) => c,
+        Err(config::Error::Invalid(problems)) => return Err(problems),
+        Err(other) => {
+            return Err(vec![Problem::new(
+                &config::Origin::Inline,
+                None,
+                other.to_string(),
+            )]);
+        }
+    };
+    let (table, compile_problems) = RouteTable::compile(&settings, routes);
+    problems.extend(compile_problems);
+    if problems.is_empty() {
+        Ok((settings, table))
+    } else {
+        Err(problems)
+    }
+}
+
+fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settings) {
+    let changed = [
+        ("address", old.address != new.address),
+        (
+            "http_redirect_addr",
+            old.http_redirect_addr != new.http_redirect_addr,
+        ),
+        (
+            "insecure_server",
+            old.insecure_server != new.insecure_server,
+        ),
+        (
+            "metrics_address",
+            old.metrics_address != new.metrics_address,
+        ),
+    ];
+    for (key, differs) in changed {
+        if differs {
+            tracing::warn!(key, "this setting changed but only takes effect on restart");
+        }
+    }
+}
+
+async fn wait_for_shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
