@@ -20,8 +20,9 @@
 #     (other Hosts get 404, other SNI names get their handshake rejected),
 #     Postern has a single route `from: http(s)://bench.localhost`.
 #   * Client-side and upstream-side keep-alive are effectively unlimited on
-#     both (nginx keepalive_requests 100000; hyper has no per-connection
-#     limit), nginx keeps 64 idle upstream connections (= wrk connections).
+#     both (nginx keepalive_requests 100000, client and upstream side, as
+#     hyper has no per-connection request limit by default); nginx keeps 64
+#     idle upstream connections (= wrk connections).
 #   * HTTP/1.1 only: nginx's TLS listener has http2 off; wrk speaks HTTP/1.1.
 #   * No access logging: nginx `access_log off`, Postern at log level warn
 #     (it logs one access line per request at info).
@@ -49,6 +50,16 @@
 #   THREADS  [2]     wrk -t;  CONNECTIONS [64]  wrk -c
 #   PROXY_CPU [0], LOAD_CPU [1], PIN [1]  CPU pinning (see above)
 #   KEEP_TMP [0]     keep the temp dir (configs, logs, raw wrk output)
+#
+# Output
+#   Machine, versions, background CPU load before the runs, negotiated TLS,
+#   then per target: req/s, p50 and p99 latency in ms (wrk's us/ms/s units
+#   converted), requests, errors (non-2xx + socket errors), the proxy's own
+#   CPU time per request (us, from /proc/PID/stat) and how busy the proxy
+#   and load CPUs were. Then Postern/nginx ratios per protocol. On a 2-CPU
+#   machine both cores run near 100%: req/s is then capped by wrk + upstream
+#   as much as by the proxy, and CPU/req is the steadier comparison.
+#   Exit status: 0 ok, 1 setup/run failure, 2 some target had errors.
 #
 # Everything listens on 127.0.0.1 only; all processes started here are
 # stopped on exit (also on failure or Ctrl-C); every wait is bounded.

@@ -68,15 +68,9 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            config,
-            shutdown_grace,
-        } => {
+        Command::Serve { config, shutdown_grace } => {
             telemetry::init_logging(cli.log_format, &cli.log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("postern: cannot start the async runtime: {e}");
@@ -89,10 +83,7 @@ pub fn main() -> ExitCode {
                     for p in &problems {
                         tracing::error!(problem = %p, "invalid config");
                     }
-                    eprintln!(
-                        "postern: {} problem(s) in the config; not starting",
-                        problems.len()
-                    );
+                    eprintln!("postern: {} problem(s) in the config; not starting", problems.len());
                     ExitCode::FAILURE
                 }
                 Err(e) => {
@@ -110,18 +101,12 @@ pub fn main() -> ExitCode {
 /// Loads and compiles, printing every problem; the table if all went well.
 fn load_and_compile(path: &Path) -> Result<(RouteTable, Vec<config::Problem>), String> {
     match config::load(path) {
-        Ok(Config {
-            settings,
-            routes,
-            mut problems,
-        }) => {
+        Ok(Config { settings, routes, mut problems }) => {
             let (table, compile_problems) = RouteTable::compile(&settings, routes);
             problems.extend(compile_problems);
             Ok((table, problems))
         }
-        Err(config::Error::Invalid(problems)) => {
-            Err(problems.iter().map(|p| format!("{p}\n")).collect())
-        }
+        Err(config::Error::Invalid(problems)) => Err(problems.iter().map(|p| format!("{p}\n")).collect()),
         Err(e) => Err(format!("{e}\n")),
     }
 }
@@ -162,13 +147,9 @@ fn routes(path: &Path, output: Output) -> ExitCode {
         .into_iter()
         .map(|r| {
             let (kind, upstreams) = match &r.action {
-                Action::Forward(u) => (
-                    "forward",
-                    u.targets
-                        .iter()
-                        .map(|t| format!("{t} (weight {})", t.weight))
-                        .collect::<Vec<_>>(),
-                ),
+                Action::Forward(u) => {
+                    ("forward", u.targets.iter().map(|t| format!("{t} (weight {})", t.weight)).collect::<Vec<_>>())
+                }
                 Action::Respond(d) => ("respond", vec![format!("{} {}", d.status, d.content_type)]),
             };
             let mut flags = Vec::new();
@@ -198,17 +179,10 @@ fn routes(path: &Path, output: Output) -> ExitCode {
         })
         .collect();
     match output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&rows).unwrap_or_default()
-        ),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
         Output::Table => print_table(&rows),
     }
-    if problems.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn print_table(rows: &[serde_json::Value]) {
@@ -217,12 +191,7 @@ fn print_table(rows: &[serde_json::Value]) {
         .map(|r| {
             let join = |v: &serde_json::Value| {
                 v.as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    })
+                    .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
                     .unwrap_or_default()
             };
             [
@@ -242,11 +211,7 @@ fn print_table(rows: &[serde_json::Value]) {
         }
     }
     for row in std::iter::once(&header).chain(&cells) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let line: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", line.join("  ").trim_end());
     }
 }

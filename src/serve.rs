@@ -25,11 +25,7 @@ pub enum ServeError {
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains for up to `grace`.
 pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError> {
-    let Config {
-        settings,
-        routes: specs,
-        problems,
-    } = config::load(&config_path)?;
+    let Config { settings, routes: specs, problems } = config::load(&config_path)?;
     let (table, compile_problems) = RouteTable::compile(&settings, specs);
     for problem in problems.iter().chain(&compile_problems) {
         tracing::error!(problem = %problem, "route left out");
@@ -48,46 +44,23 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
 
     let stop = CancellationToken::new();
     let main = telemetry::bind(settings.address, "address").await?;
-    let transport = if settings.insecure_server {
-        Transport::Plain
-    } else {
-        Transport::Tls(server_config(certs.clone()))
-    };
+    let transport =
+        if settings.insecure_server { Transport::Plain } else { Transport::Tls(server_config(certs.clone())) };
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = settings.http_redirect_addr {
         let listener = telemetry::bind(addr, "http_redirect_addr").await?;
-        tasks.spawn(proxy::serve_redirect(
-            listener,
-            settings.address.port(),
-            stop.clone(),
-        ));
+        tasks.spawn(proxy::serve_redirect(listener, settings.address.port(), stop.clone()));
     }
     if let Some(addr) = settings.metrics_address {
         let listener = telemetry::bind(addr, "metrics_address").await?;
         tracing::info!(address = %listener.local_addr()?, "metrics listening");
-        tasks.spawn(telemetry::serve_metrics(
-            listener,
-            metrics.clone(),
-            stop.clone(),
-        ));
+        tasks.spawn(telemetry::serve_metrics(listener, metrics.clone(), stop.clone()));
     }
     tracing::info!(address = %main.local_addr()?, tls = !settings.insecure_server, "proxy listening");
-    tasks.spawn(proxy::serve(
-        proxy.clone(),
-        main,
-        transport,
-        stop.clone(),
-        grace,
-    ));
+    tasks.spawn(proxy::serve(proxy.clone(), main, transport, stop.clone(), grace));
     metrics.set_ready(true);
 
-    let reloader = tokio::spawn(reload_loop(
-        config_path,
-        settings,
-        routes,
-        certs,
-        metrics.clone(),
-    ));
+    let reloader = tokio::spawn(reload_loop(config_path, settings, routes, certs, metrics.clone()));
     wait_for_shutdown_signal().await;
     tracing::info!("shutting down");
     metrics.set_ready(false);
@@ -134,10 +107,7 @@ async fn reload_loop(
                 for problem in &problems {
                     tracing::error!(problem = %problem, "config reload rejected");
                 }
-                tracing::error!(
-                    problems = problems.len(),
-                    "config reload rejected; keeping the last good config"
-                );
+                tracing::error!(problems = problems.len(), "config reload rejected; keeping the last good config");
                 metrics.reloaded(false);
             }
         }
@@ -146,45 +116,24 @@ async fn reload_loop(
 
 /// Loads and compiles; any problem at all rejects the file.
 fn load_clean(path: &Path) -> Result<(config::Settings, RouteTable), Vec<Problem>> {
-    let Config {
-        settings,
-        routes,
-        mut problems,
-    } = match config::load(path) {
+    let Config { settings, routes, mut problems } = match config::load(path) {
         Ok(c) => c,
         Err(config::Error::Invalid(problems)) => return Err(problems),
         Err(other) => {
-            return Err(vec![Problem::new(
-                &config::Origin::Inline,
-                None,
-                other.to_string(),
-            )]);
+            return Err(vec![Problem::new(&config::Origin::Inline, None, other.to_string())]);
         }
     };
     let (table, compile_problems) = RouteTable::compile(&settings, routes);
     problems.extend(compile_problems);
-    if problems.is_empty() {
-        Ok((settings, table))
-    } else {
-        Err(problems)
-    }
+    if problems.is_empty() { Ok((settings, table)) } else { Err(problems) }
 }
 
 fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settings) {
     let changed = [
         ("address", old.address != new.address),
-        (
-            "http_redirect_addr",
-            old.http_redirect_addr != new.http_redirect_addr,
-        ),
-        (
-            "insecure_server",
-            old.insecure_server != new.insecure_server,
-        ),
-        (
-            "metrics_address",
-            old.metrics_address != new.metrics_address,
-        ),
+        ("http_redirect_addr", old.http_redirect_addr != new.http_redirect_addr),
+        ("insecure_server", old.insecure_server != new.insecure_server),
+        ("metrics_address", old.metrics_address != new.metrics_address),
     ];
     for (key, differs) in changed {
         if differs {
@@ -197,10 +146,7 @@ async fn wait_for_shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
             let _ = tokio::signal::ctrl_c().await;
             return;
         };

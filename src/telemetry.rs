@@ -32,14 +32,10 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
     };
 }
 
@@ -86,15 +82,9 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("postern");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "Requests answered, by route and status",
-            requests.clone(),
-        );
+        registry.register("http_requests", "Requests answered, by route and status", requests.clone());
         let duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ])
+            Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
         });
         registry.register(
             "http_request_duration_seconds",
@@ -102,63 +92,25 @@ impl Metrics {
             duration.clone(),
         );
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
-        registry.register(
-            "upstream_errors",
-            "Failed upstream attempts, by route and kind",
-            upstream_errors.clone(),
-        );
+        registry.register("upstream_errors", "Failed upstream attempts, by route and kind", upstream_errors.clone());
         let reloads = Family::<ReloadLabels, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Config reloads, by result",
-            reloads.clone(),
-        );
+        registry.register("config_reloads", "Config reloads, by result", reloads.clone());
         let routes_loaded = Gauge::default();
-        registry.register(
-            "routes_loaded",
-            "Routes in the live table",
-            routes_loaded.clone(),
-        );
-        Metrics {
-            registry,
-            requests,
-            duration,
-            upstream_errors,
-            reloads,
-            routes_loaded,
-            ready: AtomicBool::new(false),
-        }
+        registry.register("routes_loaded", "Routes in the live table", routes_loaded.clone());
+        Metrics { registry, requests, duration, upstream_errors, reloads, routes_loaded, ready: AtomicBool::new(false) }
     }
 
     pub(crate) fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                status,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&RouteLabel {
-                route: route.to_string(),
-            })
-            .observe(elapsed.as_secs_f64());
+        self.requests.get_or_create(&RequestLabels { route: route.to_string(), status }).inc();
+        self.duration.get_or_create(&RouteLabel { route: route.to_string() }).observe(elapsed.as_secs_f64());
     }
 
     pub(crate) fn upstream_error(&self, route: &str, kind: &'static str) {
-        self.upstream_errors
-            .get_or_create(&UpstreamErrorLabels {
-                route: route.to_string(),
-                kind,
-            })
-            .inc();
+        self.upstream_errors.get_or_create(&UpstreamErrorLabels { route: route.to_string(), kind }).inc();
     }
 
     pub fn reloaded(&self, ok: bool) {
-        self.reloads
-            .get_or_create(&ReloadLabels {
-                result: if ok { "success" } else { "failure" },
-            })
-            .inc();
+        self.reloads.get_or_create(&ReloadLabels { result: if ok { "success" } else { "failure" } }).inc();
     }
 
     pub fn set_routes_loaded(&self, n: usize) {
@@ -195,47 +147,28 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>, stop: C
                 async move { Ok::<_, std::convert::Infallible>(metrics_response(&req, &metrics)) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
         });
     }
 }
 
 fn metrics_response(req: &Request<Incoming>, metrics: &Metrics) -> Response<ProxyBody> {
     let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            metrics.encode(),
-        ),
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", metrics.encode()),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if metrics.ready.load(Ordering::Acquire) => {
-            (StatusCode::OK, "text/plain", "ready\n".to_string())
-        }
-        "/readyz" => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "not ready\n".to_string(),
-        ),
-        _ => (
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found\n".to_string(),
-        ),
+        "/readyz" if metrics.ready.load(Ordering::Acquire) => (StatusCode::OK, "text/plain", "ready\n".to_string()),
+        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string()),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
     };
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     resp
 }
 
 /// Binds a listener, naming the address in the error.
 pub async fn bind(addr: SocketAddr, what: &str) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}"))
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr} ({what}): {e}")))
 }

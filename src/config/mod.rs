@@ -58,32 +58,19 @@ pub struct Config {
 /// Reads and checks a config file.
 pub fn load(path: &Path) -> Result<Config, Error> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-        file: file.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Read { file: file.clone(), source })?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&file, &text, &base)
 }
 
 /// Parses config text; relative file names inside resolve against `base`.
 pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
-    let (mut root, source) = yaml::parse(text).map_err(|source| Error::Syntax {
-        file: file.to_string(),
-        source,
-    })?;
+    let (mut root, source) = yaml::parse(text).map_err(|source| Error::Syntax { file: file.to_string(), source })?;
     let found = raw::kind(&root);
     let Value::Object(top) = &mut root else {
-        return Err(Error::NotAMapping {
-            file: file.to_string(),
-            found,
-        });
+        return Err(Error::NotAMapping { file: file.to_string(), found });
     };
-    let loader = Loader {
-        base: base.to_path_buf(),
-        file: Arc::from(file),
-        source: Arc::new(source),
-    };
+    let loader = Loader { base: base.to_path_buf(), file: Arc::from(file), source: Arc::new(source) };
     let origin = loader.origin(String::new());
 
     let mut problems = Vec::new();
@@ -110,11 +97,7 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
         }
     }
     match settings {
-        Some(settings) if settings_ok => Ok(Config {
-            settings,
-            routes,
-            problems,
-        }),
+        Some(settings) if settings_ok => Ok(Config { settings, routes, problems }),
         _ => Err(Error::Invalid(problems)),
     }
 }
@@ -127,11 +110,7 @@ struct Loader {
 
 impl Loader {
     fn origin(&self, path: String) -> Origin {
-        Origin::File {
-            file: self.file.clone(),
-            path,
-            source: self.source.clone(),
-        }
+        Origin::File { file: self.file.clone(), path, source: self.source.clone() }
     }
 
     /// Reports every key `scope` does not know (with the closest known key)
@@ -144,22 +123,14 @@ impl Loader {
         problems: &mut Vec<Problem>,
     ) {
         let known = raw::known_keys(scope);
-        let unknown: Vec<String> = object
-            .keys()
-            .filter(|k| !known.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let unknown: Vec<String> = object.keys().filter(|k| !known.contains(&k.as_str())).cloned().collect();
         for key in unknown {
             object.remove(&key);
             let mut message = format!("unknown key `{key}`");
             if let Some(best) = closest(&key, known) {
                 message.push_str(&format!("; did you mean `{best}`?"));
             }
-            problems.push(Problem::new(
-                &self.origin(path.to_string()),
-                Some(&key),
-                message,
-            ));
+            problems.push(Problem::new(&self.origin(path.to_string()), Some(&key), message));
         }
         let nested: &[(&str, KeyScope)] = match scope {
             KeyScope::Settings => &[("certificates", KeyScope::Certificate)],
@@ -167,11 +138,7 @@ impl Loader {
             _ => &[],
         };
         for (key, inner) in nested {
-            let child = if path.is_empty() {
-                key.to_string()
-            } else {
-                format!("{path}.{key}")
-            };
+            let child = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
             match object.get_mut(*key) {
                 Some(Value::Object(o)) => self.drop_unknown_keys(o, &child, *inner, problems),
                 Some(Value::Array(items)) => {
@@ -187,12 +154,7 @@ impl Loader {
     }
 
     /// serde with the key path of the first error; `path` prefixes it.
-    fn deserialize<T: DeserializeOwned>(
-        &self,
-        value: Value,
-        path: &str,
-        problems: &mut Vec<Problem>,
-    ) -> Option<T> {
+    fn deserialize<T: DeserializeOwned>(&self, value: Value, path: &str, problems: &mut Vec<Problem>) -> Option<T> {
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(t) => Some(t),
             Err(err) => {
@@ -209,17 +171,10 @@ impl Loader {
         }
     }
 
-    fn settings(
-        &self,
-        root: Value,
-        origin: &Origin,
-        problems: &mut Vec<Problem>,
-    ) -> Option<Settings> {
+    fn settings(&self, root: Value, origin: &Origin, problems: &mut Vec<Problem>) -> Option<Settings> {
         let raw: RawSettings = self.deserialize(root, "", problems)?;
         let mut settings = Settings::default();
-        let mut bad = |field: &str, message: String| {
-            problems.push(Problem::new(origin, Some(field), message))
-        };
+        let mut bad = |field: &str, message: String| problems.push(Problem::new(origin, Some(field), message));
         if let Some(a) = &raw.address {
             match parse_listen_address(a) {
                 Ok(addr) => settings.address = addr,
@@ -227,16 +182,8 @@ impl Loader {
             }
         }
         for (field, value, slot) in [
-            (
-                "http_redirect_addr",
-                &raw.http_redirect_addr,
-                &mut settings.http_redirect_addr,
-            ),
-            (
-                "metrics_address",
-                &raw.metrics_address,
-                &mut settings.metrics_address,
-            ),
+            ("http_redirect_addr", &raw.http_redirect_addr, &mut settings.http_redirect_addr),
+            ("metrics_address", &raw.metrics_address, &mut settings.metrics_address),
         ] {
             if let Some(a) = value {
                 match parse_listen_address(a) {
@@ -258,23 +205,10 @@ impl Loader {
         match (&raw.certificate_file, &raw.certificate_key_file) {
             (Some(cert), Some(key)) => match self.certified_key(cert, key) {
                 Ok(ck) => settings.certificates.push(ck),
-                Err((which, e)) => bad(
-                    if which == 0 {
-                        "certificate_file"
-                    } else {
-                        "certificate_key_file"
-                    },
-                    e,
-                ),
+                Err((which, e)) => bad(if which == 0 { "certificate_file" } else { "certificate_key_file" }, e),
             },
-            (Some(_), None) => bad(
-                "certificate_file",
-                "is set but certificate_key_file is not".into(),
-            ),
-            (None, Some(_)) => bad(
-                "certificate_key_file",
-                "is set but certificate_file is not".into(),
-            ),
+            (Some(_), None) => bad("certificate_file", "is set but certificate_key_file is not".into()),
+            (None, Some(_)) => bad("certificate_key_file", "is set but certificate_file is not".into()),
             (None, None) => {}
         }
         for (i, c) in raw.certificates.iter().enumerate() {
@@ -283,18 +217,11 @@ impl Loader {
             match (cert, key) {
                 (Some(cert), Some(key)) => match self.certified_key(cert, key) {
                     Ok(ck) => settings.certificates.push(ck),
-                    Err((which, e)) => bad(
-                        &format!(
-                            "certificates[{i}].{}",
-                            if which == 0 { "cert" } else { "key" }
-                        ),
-                        e,
-                    ),
+                    Err((which, e)) => {
+                        bad(&format!("certificates[{i}].{}", if which == 0 { "cert" } else { "key" }), e)
+                    }
                 },
-                _ => bad(
-                    &format!("certificates[{i}]"),
-                    "needs both `cert` and `key` (file paths or PEM)".into(),
-                ),
+                _ => bad(&format!("certificates[{i}]"), "needs both `cert` and `key` (file paths or PEM)".into()),
             }
         }
         Some(settings)
@@ -304,20 +231,15 @@ impl Loader {
     fn certified_key(&self, cert: &str, key: &str) -> Result<CertifiedKey, (u8, String)> {
         let cert_pem = self.pem_or_file(cert).map_err(|e| (0, e))?;
         let key_pem = self.pem_or_file(key).map_err(|e| (1, e))?;
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| (0, format!("{cert:?} is not a PEM certificate: {e}")))?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| (0, format!("{cert:?} is not a PEM certificate: {e}")))?;
         if chain.is_empty() {
             return Err((0, format!("{cert:?} holds no PEM certificate")));
         }
         let key_der = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
             .map_err(|e| (1, format!("{key:?} holds no usable PEM private key: {e}")))?;
-        Ok(CertifiedKey {
-            chain,
-            key: key_der,
-            origin: cert.to_string(),
-        })
+        Ok(CertifiedKey { chain, key: key_der, origin: cert.to_string() })
     }
 
     /// Inline PEM stays as it is; anything else is a file name.
@@ -377,9 +299,7 @@ impl Loader {
             response: raw.response.map(|r| DirectResponse {
                 status: r.status,
                 body: r.body,
-                content_type: r
-                    .content_type
-                    .unwrap_or_else(|| "text/plain; charset=utf-8".to_string()),
+                content_type: r.content_type.unwrap_or_else(|| "text/plain; charset=utf-8".to_string()),
             }),
             prefix: raw.prefix,
             path: raw.path,
@@ -402,21 +322,13 @@ impl Loader {
 
 /// `:443`, `0.0.0.0:443`, `[::1]:8443`, `localhost:8080`.
 pub(crate) fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
-    let candidate = if text.starts_with(':') {
-        format!("0.0.0.0{text}")
-    } else {
-        text.to_string()
-    };
+    let candidate = if text.starts_with(':') { format!("0.0.0.0{text}") } else { text.to_string() };
     if let Ok(addr) = candidate.parse::<SocketAddr>() {
         return Ok(addr);
     }
     match candidate.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("{text:?} resolves to no address")),
-        Err(_) => Err(format!(
-            "{text:?} is not a listen address (use host:port or :port)"
-        )),
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{text:?} resolves to no address")),
+        Err(_) => Err(format!("{text:?} is not a listen address (use host:port or :port)")),
     }
 }
 

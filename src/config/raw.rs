@@ -145,8 +145,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     if text == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("invalid duration {text:?}: {e} (use e.g. 30s, 1h30m, 500ms)"))
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (use e.g. 30s, 1h30m, 500ms)"))
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
@@ -161,10 +160,7 @@ fn lenient_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         serde_json::Value::String(s) => Ok(s),
         serde_json::Value::Number(n) => Ok(n.to_string()),
         serde_json::Value::Bool(b) => Ok(b.to_string()),
-        other => Err(de::Error::custom(format!(
-            "expected a string, found {}",
-            kind(&other)
-        ))),
+        other => Err(de::Error::custom(format!("expected a string, found {}", kind(&other)))),
     }
 }
 
@@ -172,11 +168,7 @@ fn string_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String
     #[derive(Deserialize)]
     struct Lenient(#[serde(deserialize_with = "lenient_string")] String);
     let map: Option<BTreeMap<String, Lenient>> = Option::deserialize(d)?;
-    Ok(map
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect())
+    Ok(map.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect())
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {

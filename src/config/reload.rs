@@ -27,10 +27,7 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 /// A watcher that cannot start is logged; SIGHUP still works.
 pub fn watch(file: &Path) -> ReloadTriggers {
     let (tx, rx) = mpsc::channel(16);
-    let dir = file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let dir = file.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let name = file.file_name().map(|n| n.to_os_string());
     let file_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -40,9 +37,7 @@ pub fn watch(file: &Path) -> ReloadTriggers {
         }
         let relevant = event.paths.iter().any(|p| {
             let n = p.file_name();
-            n == name.as_deref()
-                || n.and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(".."))
+            n == name.as_deref() || n.and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".."))
         });
         if relevant {
             let _ = file_tx.try_send(Trigger::FileChanged);
@@ -58,8 +53,7 @@ pub fn watch(file: &Path) -> ReloadTriggers {
     };
     #[cfg(unix)]
     tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
             return;
         };
         while hup.recv().await.is_some() {
@@ -68,8 +62,5 @@ pub fn watch(file: &Path) -> ReloadTriggers {
             }
         }
     });
-    ReloadTriggers {
-        rx,
-        _watcher: watcher,
-    }
+    ReloadTriggers { rx, _watcher: watcher }
 }

@@ -59,11 +59,7 @@ pub struct CertifiedKey {
 
 impl Clone for CertifiedKey {
     fn clone(&self) -> Self {
-        CertifiedKey {
-            chain: self.chain.clone(),
-            key: self.key.clone_key(),
-            origin: self.origin.clone(),
-        }
+        CertifiedKey { chain: self.chain.clone(), key: self.key.clone_key(), origin: self.origin.clone() }
     }
 }
 
@@ -115,17 +111,9 @@ pub struct DirectResponse {
 #[derive(Clone, Default)]
 pub enum Origin {
     /// A config file; `path` is the key path of the route (`routes[2]`).
-    File {
-        file: Arc<str>,
-        path: String,
-        source: Arc<SourceMap>,
-    },
+    File { file: Arc<str>, path: String, source: Arc<SourceMap> },
     /// A Kubernetes object (`Ingress`, `Route`).
-    Object {
-        kind: &'static str,
-        namespace: String,
-        name: String,
-    },
+    Object { kind: &'static str, namespace: String, name: String },
     /// Built in code (tests, benchmarks).
     #[default]
     Inline,
@@ -150,11 +138,7 @@ impl Origin {
                     None => format!("{file}: {full}"),
                 }
             }
-            Origin::Object {
-                kind,
-                namespace,
-                name,
-            } => match field {
+            Origin::Object { kind, namespace, name } => match field {
                 Some(f) => format!("{kind} {namespace}/{name}: {f}"),
                 None => format!("{kind} {namespace}/{name}"),
             },
@@ -186,21 +170,12 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(origin: &Origin, field: Option<&str>, message: impl Into<String>) -> Self {
-        Problem {
-            origin: origin.clone(),
-            field: field.map(str::to_string),
-            message: message.into(),
-        }
+        Problem { origin: origin.clone(), field: field.map(str::to_string), message: message.into() }
     }
 }
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}",
-            self.origin.locate(self.field.as_deref()),
-            self.message
-        )
+        write!(f, "{}: {}", self.origin.locate(self.field.as_deref()), self.message)
     }
 }

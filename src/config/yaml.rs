@@ -65,17 +65,8 @@ pub fn parse(text: &str) -> Result<(Value, SourceMap), SyntaxError> {
 
 /// A container being filled; mappings alternate key and value events.
 enum Frame {
-    Seq {
-        items: Vec<Value>,
-        path: String,
-        anchor: usize,
-    },
-    Map {
-        entries: Map<String, Value>,
-        pending_key: Option<String>,
-        path: String,
-        anchor: usize,
-    },
+    Seq { items: Vec<Value>, path: String, anchor: usize },
+    Map { entries: Map<String, Value>, pending_key: Option<String>, path: String, anchor: usize },
 }
 
 #[derive(Default)]
@@ -93,11 +84,7 @@ impl TreeBuilder {
         let path = match self.stack.last() {
             None => String::new(),
             Some(Frame::Seq { items, path, .. }) => format!("{path}[{}]", items.len()),
-            Some(Frame::Map {
-                pending_key: Some(key),
-                path,
-                ..
-            }) => {
+            Some(Frame::Map { pending_key: Some(key), path, .. }) => {
                 if path.is_empty() {
                     key.clone()
                 } else {
@@ -109,21 +96,14 @@ impl TreeBuilder {
         };
         // Sequence items are located by their own start; mapping values by the key.
         if matches!(self.stack.last(), Some(Frame::Seq { .. })) {
-            self.map.positions.entry(path.clone()).or_insert(Position {
-                line: mark.line(),
-                column: mark.col() + 1,
-            });
+            self.map.positions.entry(path.clone()).or_insert(Position { line: mark.line(), column: mark.col() + 1 });
         }
         path
     }
 
     fn fail(&mut self, mark: Marker, message: impl Into<String>) {
         if self.error.is_none() {
-            self.error = Some(SyntaxError {
-                line: mark.line(),
-                column: mark.col() + 1,
-                message: message.into(),
-            });
+            self.error = Some(SyntaxError { line: mark.line(), column: mark.col() + 1, message: message.into() });
         }
     }
 
@@ -135,12 +115,7 @@ impl TreeBuilder {
         match self.stack.last_mut() {
             None => self.root = Some(value),
             Some(Frame::Seq { items, .. }) => items.push(value),
-            Some(Frame::Map {
-                entries,
-                pending_key,
-                path,
-                ..
-            }) => match pending_key.take() {
+            Some(Frame::Map { entries, pending_key, path, .. }) => match pending_key.take() {
                 Some(key) => {
                     entries.insert(key, value);
                 }
@@ -159,18 +134,14 @@ impl TreeBuilder {
                         self.fail(mark, message);
                         return;
                     }
-                    let full = if path.is_empty() {
-                        key.clone()
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    self.map.positions.insert(
-                        full,
-                        Position {
-                            line: mark.line(),
-                            column: mark.col() + 1,
-                        },
-                    );
+                    let at = Position { line: mark.line(), column: mark.col() + 1 };
+                    // A block mapping's start event is marked after its first
+                    // key; the first key is where the user sees it begin.
+                    if entries.is_empty() && !path.is_empty() {
+                        self.map.positions.insert(path.clone(), at);
+                    }
+                    let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                    self.map.positions.insert(full, at);
                     *pending_key = Some(key);
                 }
             },
@@ -183,36 +154,21 @@ impl MarkedEventReceiver for TreeBuilder {
         match ev {
             Event::Scalar(text, style, anchor, _tag) => {
                 self.child_path(mark);
-                let value = if style == TScalarStyle::Plain {
-                    resolve_plain(text)
-                } else {
-                    Value::String(text)
-                };
+                let value = if style == TScalarStyle::Plain { resolve_plain(text) } else { Value::String(text) };
                 self.place(value, anchor, mark);
             }
             Event::SequenceStart(anchor, _) => {
                 let path = self.child_path(mark);
-                self.stack.push(Frame::Seq {
-                    items: Vec::new(),
-                    path,
-                    anchor,
-                });
+                self.stack.push(Frame::Seq { items: Vec::new(), path, anchor });
             }
             Event::MappingStart(anchor, _) => {
                 let path = self.child_path(mark);
-                self.stack.push(Frame::Map {
-                    entries: Map::new(),
-                    pending_key: None,
-                    path,
-                    anchor,
-                });
+                self.stack.push(Frame::Map { entries: Map::new(), pending_key: None, path, anchor });
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let (value, anchor) = match self.stack.pop() {
                     Some(Frame::Seq { items, anchor, .. }) => (Value::Array(items), anchor),
-                    Some(Frame::Map {
-                        entries, anchor, ..
-                    }) => (Value::Object(entries), anchor),
+                    Some(Frame::Map { entries, anchor, .. }) => (Value::Object(entries), anchor),
                     None => return,
                 };
                 self.place(value, anchor, mark);
@@ -224,11 +180,7 @@ impl MarkedEventReceiver for TreeBuilder {
                     None => self.fail(mark, "alias to an unknown anchor"),
                 }
             }
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
         }
     }
 }
@@ -244,10 +196,7 @@ fn resolve_plain(text: String) -> Value {
     if let Ok(i) = text.parse::<i64>() {
         return Value::Number(i.into());
     }
-    if text
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
+    if text.chars().next().is_some_and(|c| c.is_ascii_digit() || c == '-' || c == '.')
         && let Ok(f) = text.parse::<f64>()
         && let Some(n) = Number::from_f64(f)
     {
@@ -262,29 +211,18 @@ mod tests {
 
     #[test]
     fn records_positions_of_keys_and_items() {
-        let text =
-            "address: :443\nroutes:\n  - from: https://a\n    to: http://b\n  - from: https://c\n";
+        let text = "address: :443\nroutes:\n  - from: https://a\n    to: http://b\n  - from: https://c\n";
         let (value, map) = parse(text).expect("valid yaml");
         assert_eq!(value["routes"][1]["from"], "https://c");
         assert_eq!(map.locate("address"), Some(Position { line: 1, column: 1 }));
-        assert_eq!(
-            map.locate("routes[0].to"),
-            Some(Position { line: 4, column: 5 })
-        );
-        assert_eq!(
-            map.locate("routes[1]"),
-            Some(Position { line: 5, column: 5 })
-        );
-        assert_eq!(
-            map.locate("routes[1].nope"),
-            Some(Position { line: 5, column: 5 })
-        );
+        assert_eq!(map.locate("routes[0].to"), Some(Position { line: 4, column: 5 }));
+        assert_eq!(map.locate("routes[1]"), Some(Position { line: 5, column: 5 }));
+        assert_eq!(map.locate("routes[1].nope"), Some(Position { line: 5, column: 5 }));
     }
 
     #[test]
     fn resolves_plain_scalars_but_keeps_quoted_strings() {
-        let (value, _) =
-            parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 30s\n").expect("valid yaml");
+        let (value, _) = parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: 30s\n").expect("valid yaml");
         assert_eq!(value["a"], 1);
         assert_eq!(value["b"], "1");
         assert_eq!(value["c"], true);

@@ -19,15 +19,11 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub(crate) type ProxyBody = BoxBody<Bytes, BoxError>;
 
 pub(crate) fn full(bytes: impl Into<Bytes>) -> ProxyBody {
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
+    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed()
 }
 
 pub(crate) fn empty() -> ProxyBody {
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed()
+    http_body_util::Empty::new().map_err(|never| match never {}).boxed()
 }
 
 /// Called once when a response body ends (completely, by error, or because
@@ -60,13 +56,7 @@ pin_project_lite::pin_project! {
 
 impl<B> Observed<B> {
     pub(crate) fn new(inner: B, idle: Option<Duration>, on_end: OnEnd) -> Self {
-        Observed {
-            inner,
-            bytes: 0,
-            idle,
-            timer: idle.map(tokio::time::sleep),
-            on_end: Some(on_end),
-        }
+        Observed { inner, bytes: 0, idle, timer: idle.map(tokio::time::sleep), on_end: Some(on_end) }
     }
 }
 
@@ -83,10 +73,7 @@ where
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
@@ -140,15 +127,7 @@ impl Reclaimable {
         let end_stream = body.is_end_stream();
         let hint = body.size_hint();
         let slot = Arc::new(Mutex::new(Some(body)));
-        (
-            Reclaimable {
-                slot: slot.clone(),
-                taken: None,
-                end_stream,
-                hint,
-            },
-            slot,
-        )
+        (Reclaimable { slot: slot.clone(), taken: None, end_stream, hint }, slot)
     }
 
     /// A new handle on a slot whose body was not consumed; `None` if it was.
@@ -157,12 +136,7 @@ impl Reclaimable {
         let body = guard.as_ref()?;
         let (end_stream, hint) = (body.is_end_stream(), body.size_hint());
         drop(guard);
-        Some(Reclaimable {
-            slot: slot.clone(),
-            taken: None,
-            end_stream,
-            hint,
-        })
+        Some(Reclaimable { slot: slot.clone(), taken: None, end_stream, hint })
     }
 }
 
@@ -170,10 +144,7 @@ impl Body for Reclaimable {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if self.taken.is_none() {
             let body = self.slot.lock().ok().and_then(|mut s| s.take());
             match body {

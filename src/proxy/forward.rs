@@ -31,9 +31,7 @@ pub(crate) struct Clients {
 impl Clients {
     fn get(&self, tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
         let mut map = self.by_tls.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((tls.clone(), h2c))
-            .or_insert_with(|| build_client(tls, h2c))
-            .clone()
+        map.entry((tls.clone(), h2c)).or_insert_with(|| build_client(tls, h2c)).clone()
     }
 }
 
@@ -43,10 +41,7 @@ fn build_client(tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions");
     let config = if tls.skip_verify {
-        builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth()
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -71,9 +66,7 @@ fn build_client(tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
         .enable_http2()
         .wrap_connector(http);
     let mut client = Client::builder(TokioExecutor::new());
-    client
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(256);
+    client.pool_idle_timeout(Duration::from_secs(90)).pool_max_idle_per_host(256);
     if h2c {
         client.http2_only(true);
     }
@@ -101,12 +94,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn verify_tls13_signature(
         &self,
@@ -114,12 +102,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls_pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
@@ -159,10 +142,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::try_from(n.trim()).ok())
         .collect();
-    let keep_te = headers
-        .get_all(header::TE)
-        .iter()
-        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let keep_te = headers.get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in &named {
         headers.remove(name);
     }
@@ -181,10 +161,7 @@ pub(crate) fn upgrade_requested(req: &Request<Incoming>) -> Option<HeaderValue> 
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")));
     if req.version() == Version::HTTP_11 && connection_upgrade {
         req.headers().get(header::UPGRADE).cloned()
     } else {
@@ -199,12 +176,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: &str) {
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
     let prior: Vec<String> = if peer.trusted {
-        headers
-            .get_all(&xff)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .map(str::to_string)
-            .collect()
+        headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
     } else {
         Vec::new()
     };
@@ -217,10 +189,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: &str) {
         headers.insert(xff, v);
     }
     if !(peer.trusted && headers.contains_key(&xfp)) {
-        headers.insert(
-            xfp,
-            HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
-        );
+        headers.insert(xfp, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
     }
     if !(peer.trusted && headers.contains_key(&xfh))
         && let Ok(v) = HeaderValue::from_str(host)
@@ -235,12 +204,7 @@ fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: &str) {
 
 /// The path the upstream gets: the matched (normalized) path after
 /// `prefix_rewrite`, under the `to` URL's own path, plus the query.
-pub(crate) fn upstream_path(
-    route: &Route,
-    upstream: &Upstream,
-    path: &str,
-    query: Option<&str>,
-) -> String {
+pub(crate) fn upstream_path(route: &Route, upstream: &Upstream, path: &str, query: Option<&str>) -> String {
     let rewritten: std::borrow::Cow<'_, str> = match &route.prefix_rewrite {
         Some(rewrite) => {
             let matched = match &route.rule {
@@ -257,9 +221,7 @@ pub(crate) fn upstream_path(
         }
         None => path.into(),
     };
-    let mut out = String::with_capacity(
-        upstream.base_path.len() + rewritten.len() + query.map_or(0, |q| q.len() + 1),
-    );
+    let mut out = String::with_capacity(upstream.base_path.len() + rewritten.len() + query.map_or(0, |q| q.len() + 1));
     out.push_str(&upstream.base_path);
     out.push_str(&rewritten);
     if out.is_empty() {
@@ -286,18 +248,8 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     /// Prepares the client's request for any upstream of `route`.
-    pub(crate) fn new(
-        req: Request<Incoming>,
-        route: &Route,
-        peer: Peer,
-        host: String,
-        path: String,
-    ) -> Self {
-        let upgrade = if route.allow_websockets {
-            upgrade_requested(&req)
-        } else {
-            None
-        };
+    pub(crate) fn new(req: Request<Incoming>, route: &Route, peer: Peer, host: String, path: String) -> Self {
+        let upgrade = if route.allow_websockets { upgrade_requested(&req) } else { None };
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query().map(str::to_string);
         strip_hop_by_hop(&mut parts.headers);
@@ -309,20 +261,11 @@ impl Outbound {
             parts.headers.insert(name.clone(), value.clone());
         }
         if let Some(proto) = &upgrade {
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());
         }
         let (first_body, slot) = Reclaimable::new(body);
-        Outbound {
-            parts,
-            body: slot,
-            first_body: Some(first_body),
-            path,
-            query,
-            host,
-        }
+        Outbound { parts, body: slot, first_body: Some(first_body), path, query, host }
     }
 
     fn request_for(&mut self, route: &Route, upstream: &Upstream) -> Option<Request<Reclaimable>> {
@@ -330,20 +273,10 @@ impl Outbound {
             Some(b) => b,
             None => Reclaimable::reclaim(&self.body)?,
         };
-        let scheme = if upstream.scheme.as_str() == "h2c" {
-            Scheme::HTTP
-        } else {
-            upstream.scheme.clone()
-        };
-        let pq: PathAndQuery = upstream_path(route, upstream, &self.path, self.query.as_deref())
-            .parse()
-            .ok()?;
-        let uri = Uri::builder()
-            .scheme(scheme)
-            .authority(upstream.authority.clone())
-            .path_and_query(pq)
-            .build()
-            .ok()?;
+        let scheme = if upstream.scheme.as_str() == "h2c" { Scheme::HTTP } else { upstream.scheme.clone() };
+        let pq: PathAndQuery = upstream_path(route, upstream, &self.path, self.query.as_deref()).parse().ok()?;
+        let uri =
+            Uri::builder().scheme(scheme).authority(upstream.authority.clone()).path_and_query(pq).build().ok()?;
         let mut headers = self.parts.headers.clone();
         let host = match &route.host_header {
             HostHeader::Upstream => HeaderValue::from_str(upstream.authority.as_str()).ok(),
@@ -359,11 +292,7 @@ impl Outbound {
         *req.headers_mut() = headers;
         // Let the client pick HTTP/1.1 or h2 per upstream (ALPN); an h2
         // request from the client does not force h2 upstream.
-        *req.version_mut() = if upstream.scheme.as_str() == "h2c" {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
+        *req.version_mut() = if upstream.scheme.as_str() == "h2c" { Version::HTTP_2 } else { Version::HTTP_11 };
         Some(req)
     }
 }
@@ -432,8 +361,7 @@ pub(crate) fn finish_upstream_response(
             tunnel(TokioIo::new(client), TokioIo::new(upstream), idle).await;
         });
         strip_hop_by_hop(resp.headers_mut());
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         if let Some(u) = upgrade {
             resp.headers_mut().insert(header::UPGRADE, u);
         }
@@ -476,27 +404,18 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-secret").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get(header::CONNECTION).is_none());
         assert!(h.get(header::TRANSFER_ENCODING).is_none());
-        assert_eq!(
-            h.get(header::TE).map(|v| v.as_bytes()),
-            Some(&b"trailers"[..])
-        );
+        assert_eq!(h.get(header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]));
         assert!(h.get("x-kept").is_some());
     }
 
@@ -505,11 +424,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let peer = Peer {
-            ip: "10.1.2.3".parse().expect("ip"),
-            tls: false,
-            trusted: false,
-        };
+        let peer = Peer { ip: "10.1.2.3".parse().expect("ip"), tls: false, trusted: false };
         set_forwarded(&mut h, peer, "app.example.com");
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -517,11 +432,7 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let peer = Peer {
-            ip: "10.1.2.3".parse().expect("ip"),
-            tls: true,
-            trusted: true,
-        };
+        let peer = Peer { ip: "10.1.2.3".parse().expect("ip"), tls: true, trusted: true };
         set_forwarded(&mut h, peer, "app.example.com");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
     }

@@ -39,12 +39,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(routes: Arc<Routes>, metrics: Arc<Metrics>, certs: Arc<CertResolver>) -> Self {
-        Proxy {
-            routes,
-            metrics,
-            certs,
-            clients: Clients::default(),
-        }
+        Proxy { routes, metrics, certs, clients: Clients::default() }
     }
 }
 
@@ -87,44 +82,28 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let peer = Peer {
-                ip: peer_addr.ip().to_canonical(),
-                tls: acceptor.is_some(),
-                trusted: false,
-            };
+            let peer = Peer { ip: peer_addr.ip().to_canonical(), tls: acceptor.is_some(), trusted: false };
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let proxy = proxy.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(pipeline::handle(proxy, peer, req).await)
-                }
+                async move { Ok::<_, std::convert::Infallible>(pipeline::handle(proxy, peer, req).await) }
             });
             let builder = connection_builder();
             let result = match acceptor {
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            watcher
-                                .watch(
-                                    builder
-                                        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                                        .into_owned(),
-                                )
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
+                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        watcher
+                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned())
+                            .await
                     }
-                }
+                    Ok(Err(e)) => {
+                        tracing::debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
                 None => {
                     watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                                .into_owned(),
-                        )
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
                         .await
                 }
             };
@@ -134,29 +113,16 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!(
-        grace_secs = grace.as_secs_f64(),
-        "draining in-flight requests"
-    );
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    tracing::info!(grace_secs = grace.as_secs_f64(), "draining in-flight requests");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period over; closing remaining connections");
     }
 }
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HANDSHAKE_TIMEOUT)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .enable_connect_protocol();
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
     builder
 }
 
@@ -171,35 +137,25 @@ pub async fn serve_redirect(listener: TcpListener, https_port: u16, stop: Cancel
             let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
                 Ok::<_, std::convert::Infallible>(redirect_to_https(&req, https_port))
             });
-            let _ = connection_builder()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let _ = connection_builder().serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
 
 fn redirect_to_https(req: &Request<Incoming>, https_port: u16) -> Response<ProxyBody> {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.host().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .map(|a| a.host().to_string())
-        });
+    let host = req.uri().authority().map(|a| a.host().to_string()).or_else(|| {
+        req.headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<http::uri::Authority>().ok())
+            .map(|a| a.host().to_string())
+    });
     let mut resp = Response::new(empty());
     let Some(host) = host else {
         *resp.status_mut() = StatusCode::BAD_REQUEST;
         return resp;
     };
-    let port = if https_port == 443 {
-        String::new()
-    } else {
-        format!(":{https_port}")
-    };
+    let port = if https_port == 443 { String::new() } else { format!(":{https_port}") };
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     if let Ok(loc) = HeaderValue::from_str(&format!("https://{host}{port}{pq}")) {

@@ -30,11 +30,7 @@ pub(crate) struct RequestCtx {
 }
 
 /// Serves one request; never fails (errors become responses).
-pub(crate) async fn handle(
-    proxy: Arc<Proxy>,
-    peer: Peer,
-    req: Request<Incoming>,
-) -> Response<ProxyBody> {
+pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>) -> Response<ProxyBody> {
     let table = proxy.routes.snapshot();
     let mut ctx = RequestCtx {
         started: Instant::now(),
@@ -46,10 +42,7 @@ pub(crate) async fn handle(
         upstream: None,
     };
     let request_headers = req.headers().clone();
-    let peer = Peer {
-        trusted: table.trusts(peer.ip),
-        ..peer
-    };
+    let peer = Peer { trusted: table.trusts(peer.ip), ..peer };
     let response = match run(&proxy, &table, peer, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(err) => {
@@ -72,10 +65,7 @@ async fn run(
     let (host, port) = target(&req)?;
     ctx.host = host;
     ctx.path = path::normalize(req.uri().path())?;
-    let route = table
-        .lookup(&ctx.host, port, &ctx.path)
-        .ok_or(ProxyError::NoRoute)?
-        .clone();
+    let route = table.lookup(&ctx.host, port, &ctx.path).ok_or(ProxyError::NoRoute)?.clone();
     ctx.route = Some(route.clone());
     authorize(&route, &req)?;
     act(proxy, &route, peer, ctx, req).await
@@ -86,12 +76,7 @@ async fn run(
 fn target(req: &Request<Incoming>) -> Result<(String, Option<u16>), ProxyError> {
     let authority = match req.uri().authority() {
         Some(a) => a.as_str().to_string(),
-        None => req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .ok_or(ProxyError::NoHost)?
-            .to_string(),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).ok_or(ProxyError::NoHost)?.to_string(),
     };
     let authority: http::uri::Authority = authority.parse().map_err(|_| ProxyError::NoHost)?;
     let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
@@ -103,11 +88,7 @@ fn target(req: &Request<Incoming>) -> Result<(String, Option<u16>), ProxyError> 
 
 /// Policy. Until sign-in exists, only public routes are served.
 fn authorize(route: &Route, _req: &Request<Incoming>) -> Result<(), ProxyError> {
-    if route.allow_public_unauthenticated_access {
-        Ok(())
-    } else {
-        Err(ProxyError::Unauthenticated)
-    }
+    if route.allow_public_unauthenticated_access { Ok(()) } else { Err(ProxyError::Unauthenticated) }
 }
 
 async fn act(
@@ -128,15 +109,14 @@ async fn act(
         }
         Action::Forward(upstreams) => upstreams,
     };
-    let client_upgrade = (route.allow_websockets && forward::upgrade_requested(&req).is_some())
-        .then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade =
+        (route.allow_websockets && forward::upgrade_requested(&req).is_some()).then(|| hyper::upgrade::on(&mut req));
     let out = Outbound::new(req, route, peer, ctx.host.clone(), ctx.path.clone());
     let metrics = proxy.metrics.clone();
     let name = route.name.clone();
-    let (resp, upstream) = forward::forward(&proxy.clients, route, upstreams, out, move |kind| {
-        metrics.upstream_error(&name, kind)
-    })
-    .await?;
+    let (resp, upstream) =
+        forward::forward(&proxy.clients, route, upstreams, out, move |kind| metrics.upstream_error(&name, kind))
+            .await?;
     ctx.upstream = Some(upstream);
     let resp = forward::finish_upstream_response(resp, client_upgrade, route.idle_timeout);
     Ok(resp.map(|b| b.map_err(Into::into).boxed()))

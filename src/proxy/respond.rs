@@ -78,14 +78,8 @@ fn prefers_html(headers: &HeaderMap) -> bool {
     for item in accept.split(',') {
         let mut parts = item.split(';');
         let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
-        let q = parts
-            .filter_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-            })
-            .next()
-            .unwrap_or(1.0);
+        let q =
+            parts.filter_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok())).next().unwrap_or(1.0);
         if media == "text/html" || media == "application/xhtml+xml" {
             html = Some(html.map_or(q, |h| h.max(q)));
         } else if media == "application/json" || media == "*/*" {
@@ -107,10 +101,8 @@ pub(crate) fn error_response(err: &ProxyError, headers: &HeaderMap) -> Response<
     };
     let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
@@ -130,34 +122,17 @@ mod tests {
     use super::*;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(k, v)| {
-                (
-                    http::HeaderName::from_static(k),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
     }
 
     #[test]
     fn navigation_is_told_by_fetch_mode_then_accept() {
         assert!(is_navigation(&headers(&[("sec-fetch-mode", "navigate")])));
-        assert!(!is_navigation(&headers(&[
-            ("sec-fetch-mode", "cors"),
-            ("accept", "text/html")
-        ])));
-        assert!(is_navigation(&headers(&[(
-            "accept",
-            "text/html,application/xhtml+xml,*/*;q=0.8"
-        )])));
+        assert!(!is_navigation(&headers(&[("sec-fetch-mode", "cors"), ("accept", "text/html")])));
+        assert!(is_navigation(&headers(&[("accept", "text/html,application/xhtml+xml,*/*;q=0.8")])));
         assert!(!is_navigation(&headers(&[("accept", "application/json")])));
         assert!(!is_navigation(&headers(&[("accept", "*/*")])));
-        assert!(!is_navigation(&headers(&[(
-            "accept",
-            "application/json, text/html;q=0.5"
-        )])));
+        assert!(!is_navigation(&headers(&[("accept", "application/json, text/html;q=0.5")])));
         assert!(!is_navigation(&headers(&[])));
     }
 }

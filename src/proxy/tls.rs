@@ -41,11 +41,7 @@ pub struct CertResolver(ArcSwap<SniCerts>);
 impl CertResolver {
     /// Builds the set from configured certificates, or generates a
     /// self-signed one for `fallback_names` when there are none.
-    pub fn replace(
-        &self,
-        certs: &[CertifiedKey],
-        fallback_names: &[String],
-    ) -> Result<bool, TlsError> {
+    pub fn replace(&self, certs: &[CertifiedKey], fallback_names: &[String]) -> Result<bool, TlsError> {
         let provider = rustls::crypto::ring::default_provider();
         let mut set = SniCerts::default();
         let generated = certs.is_empty();
@@ -60,17 +56,11 @@ impl CertResolver {
             let key = provider
                 .key_provider
                 .load_private_key(ck.key.clone_key())
-                .map_err(|source| TlsError::Key {
-                    origin: ck.origin.clone(),
-                    source,
-                })?;
+                .map_err(|source| TlsError::Key { origin: ck.origin.clone(), source })?;
             let signing = Arc::new(SigningKey::new(ck.chain.clone(), key));
             for name in dns_names(ck)? {
                 match name.strip_prefix("*.") {
-                    Some(parent) => set
-                        .wildcard
-                        .entry(parent.to_string())
-                        .or_insert_with(|| signing.clone()),
+                    Some(parent) => set.wildcard.entry(parent.to_string()).or_insert_with(|| signing.clone()),
                     None => set.exact.entry(name).or_insert_with(|| signing.clone()),
                 };
             }
@@ -104,13 +94,9 @@ impl ResolvesServerCert for CertResolver {
 
 /// The DNS names of the leaf certificate (SANs, or the CN if there are none).
 fn dns_names(ck: &CertifiedKey) -> Result<Vec<String>, TlsError> {
-    let bad = |reason: String| TlsError::Names {
-        origin: ck.origin.clone(),
-        reason,
-    };
+    let bad = |reason: String| TlsError::Names { origin: ck.origin.clone(), reason };
     let leaf = ck.chain.first().ok_or_else(|| bad("empty chain".into()))?;
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| bad(e.to_string()))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
@@ -145,13 +131,11 @@ fn self_signed(names: &[String]) -> Result<CertifiedKey, TlsError> {
 
 /// rustls server config with our resolver and ALPN for h2 and http/1.1.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default protocol versions")
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }

@@ -9,20 +9,12 @@ use regex::Regex;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
-use super::route::{
-    Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams,
-};
+use super::route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams};
 use crate::config::{Problem, RouteSpec, Settings};
 
 /// Headers a route may not set or remove: the proxy owns them.
-const PROTECTED_REQUEST_HEADERS: &[&str] = &[
-    "host",
-    "connection",
-    "upgrade",
-    "transfer-encoding",
-    "content-length",
-    "te",
-];
+const PROTECTED_REQUEST_HEADERS: &[&str] =
+    &["host", "connection", "upgrade", "transfer-encoding", "content-length", "te"];
 
 /// Largest `to` weight; keeps the round-robin schedule small.
 const MAX_WEIGHT: u32 = 1000;
@@ -35,30 +27,15 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
     let from = parse_from(&spec.from).map_err(|m| bad("from", m))?;
     let rule = match (&spec.path, &spec.prefix, &spec.regex) {
         (None, None, None) => PathRule::Any,
-        (Some(p), None, None) => {
-            PathRule::Exact(absolute_path("path", p).map_err(|m| bad("path", m))?)
-        }
-        (None, Some(p), None) => {
-            PathRule::Prefix(absolute_path("prefix", p).map_err(|m| bad("prefix", m))?)
-        }
-        (None, None, Some(r)) => {
-            PathRule::Regex(Regex::new(&format!("^(?:{r})$")).map_err(|e| {
-                bad(
-                    "regex",
-                    format!("invalid regular expression: {}", first_line(&e.to_string())),
-                )
-            })?)
-        }
+        (Some(p), None, None) => PathRule::Exact(absolute_path("path", p).map_err(|m| bad("path", m))?),
+        (None, Some(p), None) => PathRule::Prefix(absolute_path("prefix", p).map_err(|m| bad("prefix", m))?),
+        (None, None, Some(r)) => PathRule::Regex(
+            Regex::new(&format!("^(?:{r})$"))
+                .map_err(|e| bad("regex", format!("invalid regular expression: {}", first_line(&e.to_string()))))?,
+        ),
         _ => {
-            let field = if spec.regex.is_some() {
-                "regex"
-            } else {
-                "prefix"
-            };
-            return Err(bad(
-                field,
-                "set only one of `path`, `prefix` and `regex`".into(),
-            ));
+            let field = if spec.regex.is_some() { "regex" } else { "prefix" };
+            return Err(bad(field, "set only one of `path`, `prefix` and `regex`".into()));
         }
     };
     if let Some(p) = &spec.prefix_rewrite
@@ -69,63 +46,37 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
 
     let action = match (&spec.response, spec.to.is_empty()) {
         (Some(_), false) => {
-            return Err(bad(
-                "response",
-                "set either `to` or `response`, not both".into(),
-            ));
+            return Err(bad("response", "set either `to` or `response`, not both".into()));
         }
         (None, true) => {
-            return Err(Problem::new(
-                origin,
-                None,
-                "route needs `to` (upstream URLs) or `response`",
-            ));
+            return Err(Problem::new(origin, None, "route needs `to` (upstream URLs) or `response`"));
         }
         (Some(r), true) => {
             if !(100..=599).contains(&r.status) {
-                return Err(bad(
-                    "response.status",
-                    format!("{} is not an HTTP status (100-599)", r.status),
-                ));
+                return Err(bad("response.status", format!("{} is not an HTTP status (100-599)", r.status)));
             }
             HeaderValue::from_str(&r.content_type).map_err(|_| {
-                bad(
-                    "response.content_type",
-                    format!("{:?} is not a valid header value", r.content_type),
-                )
+                bad("response.content_type", format!("{:?} is not a valid header value", r.content_type))
             })?;
             Action::Respond(r.clone())
         }
         (None, false) => {
             let mut targets = Vec::with_capacity(spec.to.len());
             for (i, to) in spec.to.iter().enumerate() {
-                let field = if spec.to.len() == 1 {
-                    "to".to_string()
-                } else {
-                    format!("to[{i}]")
-                };
+                let field = if spec.to.len() == 1 { "to".to_string() } else { format!("to[{i}]") };
                 targets.push(parse_to(to).map_err(|m| bad(&field, m))?);
             }
             let custom_ca = match &spec.tls_custom_ca {
                 Some(pem) => Some(parse_ca(pem).map_err(|m| bad("tls_custom_ca", m))?),
                 None => None,
             };
-            Action::Forward(Upstreams::new(
-                targets,
-                UpstreamTls {
-                    skip_verify: spec.tls_skip_verify,
-                    custom_ca,
-                },
-            ))
+            Action::Forward(Upstreams::new(targets, UpstreamTls { skip_verify: spec.tls_skip_verify, custom_ca }))
         }
     };
 
     let host_header = match (&spec.host_rewrite, spec.preserve_host_header) {
         (Some(_), true) => {
-            return Err(bad(
-                "host_rewrite",
-                "set either `host_rewrite` or `preserve_host_header`, not both".into(),
-            ));
+            return Err(bad("host_rewrite", "set either `host_rewrite` or `preserve_host_header`, not both".into()));
         }
         (Some(h), false) => HostHeader::Rewrite(
             h.parse::<Authority>()
@@ -137,24 +88,20 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         (None, false) => HostHeader::Upstream,
     };
 
-    let set_request_headers = header_pairs(&spec.set_request_headers, "set_request_headers", true)
-        .map_err(|(f, m)| bad(&f, m))?;
+    let set_request_headers =
+        header_pairs(&spec.set_request_headers, "set_request_headers", true).map_err(|(f, m)| bad(&f, m))?;
     let mut remove_request_headers = Vec::with_capacity(spec.remove_request_headers.len());
     for (i, name) in spec.remove_request_headers.iter().enumerate() {
         let field = format!("remove_request_headers[{i}]");
-        let name = HeaderName::try_from(name.as_str())
-            .map_err(|_| bad(&field, format!("{name:?} is not a header name")))?;
+        let name =
+            HeaderName::try_from(name.as_str()).map_err(|_| bad(&field, format!("{name:?} is not a header name")))?;
         if PROTECTED_REQUEST_HEADERS.contains(&name.as_str()) {
-            return Err(bad(
-                &field,
-                format!("`{name}` is managed by the proxy and cannot be removed"),
-            ));
+            return Err(bad(&field, format!("`{name}` is managed by the proxy and cannot be removed")));
         }
         remove_request_headers.push(name);
     }
     let set_response_headers =
-        header_pairs(&spec.set_response_headers, "set_response_headers", false)
-            .map_err(|(f, m)| bad(&f, m))?;
+        header_pairs(&spec.set_response_headers, "set_response_headers", false).map_err(|(f, m)| bad(&f, m))?;
 
     let timeout = match spec.timeout {
         Some(Duration::ZERO) => None,
@@ -190,20 +137,11 @@ fn rule_label(rule: &PathRule) -> String {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .last()
-        .unwrap_or(s)
-        .trim()
-        .to_string()
+    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
 }
 
 fn absolute_path(field: &str, p: &str) -> Result<String, String> {
-    if p.starts_with('/') {
-        Ok(p.to_string())
-    } else {
-        Err(format!("{field} {p:?} must start with '/'"))
-    }
+    if p.starts_with('/') { Ok(p.to_string()) } else { Err(format!("{field} {p:?} must start with '/'")) }
 }
 
 /// Splits `scheme://host[:port][/path]` without a URL crate: `from` allows a
@@ -216,9 +154,7 @@ fn split_url(text: &str, allow_h2c: bool) -> Result<(Scheme, &str, &str), String
         "http" => Scheme::HTTP,
         "https" => Scheme::HTTPS,
         // HTTP/2 without TLS (prior knowledge), as Pomerium spells it: for gRPC upstreams.
-        "h2c" if allow_h2c => "h2c"
-            .parse()
-            .map_err(|_| format!("{text:?} has an invalid scheme"))?,
+        "h2c" if allow_h2c => "h2c".parse().map_err(|_| format!("{text:?} has an invalid scheme"))?,
         _ if allow_h2c => return Err(format!("{text:?} is not an http, https or h2c URL")),
         _ => return Err(format!("{text:?} is not an http or https URL")),
     };
@@ -241,15 +177,11 @@ fn split_url(text: &str, allow_h2c: bool) -> Result<(Scheme, &str, &str), String
 fn parse_from(text: &str) -> Result<FromUrl, String> {
     let (scheme, authority, path) = split_url(text.trim(), false)?;
     if !path.is_empty() && path != "/" {
-        return Err(format!(
-            "{text:?} must not have a path; use `prefix` or `path`"
-        ));
+        return Err(format!("{text:?} must not have a path; use `prefix` or `path`"));
     }
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            let port = p
-                .parse::<u16>()
-                .map_err(|_| format!("{text:?} has an invalid port {p:?}"))?;
+            let port = p.parse::<u16>().map_err(|_| format!("{text:?} has an invalid port {p:?}"))?;
             (h, Some(port))
         }
         _ => (authority, None),
@@ -257,9 +189,7 @@ fn parse_from(text: &str) -> Result<FromUrl, String> {
     let host = host.to_ascii_lowercase();
     let bare = host.strip_prefix("*.").unwrap_or(&host);
     if bare.is_empty() || bare.contains('*') || !bare.split('.').all(valid_label) {
-        return Err(format!(
-            "{text:?} has an invalid host (a `*` may only be the whole first label)"
-        ));
+        return Err(format!("{text:?} has an invalid host (a `*` may only be the whole first label)"));
     }
     Ok(FromUrl { scheme, host, port })
 }
@@ -269,19 +199,14 @@ fn valid_label(label: &str) -> bool {
     (label.starts_with('[') && label.ends_with(']'))
         || (!label.is_empty()
             && label.len() <= 63
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
 }
 
 /// `URL` or `URL,weight`.
 fn parse_to(text: &str) -> Result<Upstream, String> {
     let (url, weight) = match text.rsplit_once(',') {
         Some((url, w)) => {
-            let w: u32 = w
-                .trim()
-                .parse()
-                .map_err(|_| format!("{text:?}: weight {w:?} is not a whole number"))?;
+            let w: u32 = w.trim().parse().map_err(|_| format!("{text:?}: weight {w:?} is not a whole number"))?;
             if !(1..=MAX_WEIGHT).contains(&w) {
                 return Err(format!("{text:?}: weight must be from 1 to {MAX_WEIGHT}"));
             }
@@ -290,18 +215,11 @@ fn parse_to(text: &str) -> Result<Upstream, String> {
         None => (text.trim(), 1),
     };
     let (scheme, authority, path) = split_url(url, true)?;
-    let authority: Authority = authority
-        .parse()
-        .map_err(|_| format!("{url:?} has an invalid host or port"))?;
+    let authority: Authority = authority.parse().map_err(|_| format!("{url:?} has an invalid host or port"))?;
     if authority.host().contains('*') {
         return Err(format!("{url:?}: an upstream cannot be a wildcard"));
     }
-    Ok(Upstream {
-        scheme,
-        authority,
-        base_path: path.trim_end_matches('/').to_string(),
-        weight,
-    })
+    Ok(Upstream { scheme, authority, base_path: path.trim_end_matches('/').to_string(), weight })
 }
 
 fn parse_ca(pem: &str) -> Result<Arc<[CertificateDer<'static>]>, String> {
@@ -322,16 +240,13 @@ fn header_pairs(
     let mut out = Vec::with_capacity(map.len());
     for (name, value) in map {
         let key = format!("{field}.{name}");
-        let header = HeaderName::try_from(name.as_str())
-            .map_err(|_| (key.clone(), format!("{name:?} is not a header name")))?;
+        let header =
+            HeaderName::try_from(name.as_str()).map_err(|_| (key.clone(), format!("{name:?} is not a header name")))?;
         if request && PROTECTED_REQUEST_HEADERS.contains(&header.as_str()) {
-            return Err((
-                key,
-                format!("`{header}` is managed by the proxy; use host_rewrite for Host"),
-            ));
+            return Err((key, format!("`{header}` is managed by the proxy; use host_rewrite for Host")));
         }
-        let value = HeaderValue::from_str(value)
-            .map_err(|_| (key, format!("{value:?} is not a valid header value")))?;
+        let value =
+            HeaderValue::from_str(value).map_err(|_| (key, format!("{value:?} is not a valid header value")))?;
         out.push((header, value));
     }
     Ok(out)
@@ -347,53 +262,19 @@ mod tests {
         assert_eq!((f.host.as_str(), f.port), ("api.example.com", None));
         let f = parse_from("http://*.example.com:8080").expect("valid");
         assert_eq!((f.host.as_str(), f.port), ("*.example.com", Some(8080)));
-        assert!(
-            parse_from("htp://x")
-                .unwrap_err()
-                .contains("is not an http or https URL")
-        );
-        assert!(
-            parse_from("https://a.*.com")
-                .unwrap_err()
-                .contains("invalid host")
-        );
-        assert!(
-            parse_from("https://x/path")
-                .unwrap_err()
-                .contains("must not have a path")
-        );
-        assert!(
-            parse_from("https://x:99999")
-                .unwrap_err()
-                .contains("invalid port")
-        );
+        assert!(parse_from("htp://x").unwrap_err().contains("is not an http or https URL"));
+        assert!(parse_from("https://a.*.com").unwrap_err().contains("invalid host"));
+        assert!(parse_from("https://x/path").unwrap_err().contains("must not have a path"));
+        assert!(parse_from("https://x:99999").unwrap_err().contains("invalid port"));
     }
 
     #[test]
     fn to_urls_with_weights() {
         let u = parse_to("http://10.0.0.1:8080/base/,3").expect("valid");
-        assert_eq!(
-            (u.authority.as_str(), u.base_path.as_str(), u.weight),
-            ("10.0.0.1:8080", "/base", 3)
-        );
-        assert!(
-            parse_to("http://a,0")
-                .unwrap_err()
-                .contains("weight must be")
-        );
-        assert!(
-            parse_to("http://a,x")
-                .unwrap_err()
-                .contains("not a whole number")
-        );
-        assert!(
-            parse_to("ftp://a")
-                .unwrap_err()
-                .contains("not an http, https or h2c URL")
-        );
-        assert_eq!(
-            parse_to("h2c://grpc:50051").expect("valid").scheme.as_str(),
-            "h2c"
-        );
+        assert_eq!((u.authority.as_str(), u.base_path.as_str(), u.weight), ("10.0.0.1:8080", "/base", 3));
+        assert!(parse_to("http://a,0").unwrap_err().contains("weight must be"));
+        assert!(parse_to("http://a,x").unwrap_err().contains("not a whole number"));
+        assert!(parse_to("ftp://a").unwrap_err().contains("not an http, https or h2c URL"));
+        assert_eq!(parse_to("h2c://grpc:50051").expect("valid").scheme.as_str(), "h2c");
     }
 }

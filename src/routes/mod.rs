@@ -35,10 +35,7 @@ impl RouteTable {
     /// Compiles every spec; a spec that fails becomes a [`Problem`] and is
     /// left out, the rest still compile.
     pub fn compile(settings: &Settings, specs: Vec<RouteSpec>) -> (RouteTable, Vec<Problem>) {
-        let mut table = RouteTable {
-            trusted_proxies: settings.trusted_proxies.clone(),
-            ..RouteTable::default()
-        };
+        let mut table = RouteTable { trusted_proxies: settings.trusted_proxies.clone(), ..RouteTable::default() };
         let mut problems = Vec::new();
         for spec in specs {
             match compile::compile_route(settings, spec) {
@@ -62,9 +59,7 @@ impl RouteTable {
     /// `path` must be normalized (see [`path::normalize`]).
     pub fn lookup(&self, host: &str, port: Option<u16>, path: &str) -> Option<&Arc<Route>> {
         let pick = |routes: &'_ Vec<Arc<Route>>| -> Option<usize> {
-            routes.iter().position(|r| {
-                (r.from.port.is_none() || r.from.port == port) && r.rule.matches(path)
-            })
+            routes.iter().position(|r| (r.from.port.is_none() || r.from.port == port) && r.rule.matches(path))
         };
         if let Some(routes) = self.exact.get(host)
             && let Some(i) = pick(routes)
@@ -79,9 +74,7 @@ impl RouteTable {
     /// Whether any route serves `host` (for the redirect listener and TLS).
     pub fn has_host(&self, host: &str) -> bool {
         self.exact.contains_key(host)
-            || host
-                .split_once('.')
-                .is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
+            || host.split_once('.').is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
     }
 
     /// Routes in source order.
@@ -99,10 +92,7 @@ impl RouteTable {
             .chain(self.wildcard.iter().map(|(h, r)| (h, r, true)))
             .collect();
         hosts.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(b.0)));
-        hosts
-            .into_iter()
-            .flat_map(|(_, routes, _)| routes.iter())
-            .collect()
+        hosts.into_iter().flat_map(|(_, routes, _)| routes.iter()).collect()
     }
 
     /// Whether `ip` is one of the `trusted_proxies`.

@@ -87,11 +87,7 @@ fn validate(bytes: &[u8]) -> Result<Scan, PathError> {
     let mut i = 0;
     while i < bytes.len() {
         let raw = bytes[i];
-        let (byte, width) = if raw == b'%' {
-            (decode_escape(bytes, i)?, 3)
-        } else {
-            (raw, 1)
-        };
+        let (byte, width) = if raw == b'%' { (decode_escape(bytes, i)?, 3) } else { (raw, 1) };
         if let Some(fault) = fault_of(raw, byte, &mut utf8) {
             worst = Some(worse(worst, fault));
         }
@@ -99,11 +95,7 @@ fn validate(bytes: &[u8]) -> Result<Scan, PathError> {
             already_normal &= !is_removable_segment(&bytes[segment_start..i], i);
             segment_start = i + 1;
         }
-        already_normal &= if raw == b'%' {
-            is_canonical_escape(&bytes[i..i + 3], byte)
-        } else {
-            raw.is_ascii()
-        };
+        already_normal &= if raw == b'%' { is_canonical_escape(&bytes[i..i + 3], byte) } else { raw.is_ascii() };
         non_ascii += usize::from(!raw.is_ascii());
         i += width;
     }
@@ -113,10 +105,7 @@ fn validate(bytes: &[u8]) -> Result<Scan, PathError> {
     already_normal &= !is_dot_segment(&bytes[segment_start..]);
     match worst {
         Some(fault) => Err(fault),
-        None => Ok(Scan {
-            already_normal,
-            non_ascii,
-        }),
+        None => Ok(Scan { already_normal, non_ascii }),
     }
 }
 
@@ -412,11 +401,7 @@ mod tests {
     #[test]
     fn valid_paths_normalize_exactly() {
         for (input, expected) in VALID {
-            assert_eq!(
-                normalize(input).as_deref(),
-                Ok(*expected),
-                "input {input:?}"
-            );
+            assert_eq!(normalize(input).as_deref(), Ok(*expected), "input {input:?}");
         }
     }
 
@@ -450,9 +435,7 @@ mod tests {
     /// rather than fixed outputs.
     #[test]
     fn generated_paths_keep_invariants() {
-        const PIECES: &[&str] = &[
-            "/", ".", "..", "%2e", "%2E", "a", "%41", "%3a", "é", "%C3%A9", "~", "//",
-        ];
+        const PIECES: &[&str] = &["/", ".", "..", "%2e", "%2E", "a", "%41", "%3a", "é", "%C3%A9", "~", "//"];
         let mut count = 0;
         for a in PIECES {
             for b in PIECES {
@@ -475,18 +458,12 @@ mod tests {
         assert!(once.starts_with('/'), "{input:?} -> {once:?}");
         assert!(once.is_ascii(), "{input:?} -> {once:?}");
         assert!(!once.contains("//"), "{input:?} -> {once:?}");
-        assert!(
-            once.split('/').all(|s| s != "." && s != ".."),
-            "{input:?} -> {once:?}"
-        );
+        assert!(once.split('/').all(|s| s != "." && s != ".."), "{input:?} -> {once:?}");
         assert_eq!(normalize(once).as_deref(), Ok(once), "input {input:?}");
     }
 
     #[test]
     fn errors_render_their_messages() {
-        assert_eq!(
-            PathError::EncodedSeparator.to_string(),
-            "path contains an encoded '/' or '\\'"
-        );
+        assert_eq!(PathError::EncodedSeparator.to_string(), "path contains an encoded '/' or '\\'");
     }
 }

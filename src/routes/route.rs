@@ -139,12 +139,7 @@ pub struct Upstreams {
 impl Upstreams {
     pub fn new(targets: Vec<Upstream>, tls: UpstreamTls) -> Self {
         let schedule = smooth_schedule(&targets.iter().map(|t| t.weight).collect::<Vec<_>>());
-        Upstreams {
-            targets,
-            tls,
-            schedule,
-            cursor: AtomicUsize::new(0),
-        }
+        Upstreams { targets, tls, schedule, cursor: AtomicUsize::new(0) }
     }
 
     /// The upstreams to try for one request: the scheduled one first, then
@@ -167,11 +162,7 @@ fn smooth_schedule(weights: &[u32]) -> Vec<usize> {
         for (c, w) in current.iter_mut().zip(weights) {
             *c += i64::from(*w);
         }
-        let Some((best, _)) = current
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0)))
-        else {
+        let Some((best, _)) = current.iter().enumerate().max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(&a.0))) else {
             break;
         };
         current[best] -= total;
