@@ -1,1 +1,118 @@
+use std::path::Path;
 
+use super::*;
+
+fn parse_ok(text: &str) -> Config {
+    parse("config.yaml", text, Path::new(".")).expect("config parses")
+}
+
+fn problems_of(text: &str) -> Vec<String> {
+    match parse("config.yaml", text, Path::new(".")) {
+        Ok(c) => c.problems.iter().map(ToString::to_string).collect(),
+        Err(Error::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+#[test]
+fn reads_settings_and_routes() {
+    let c = parse_ok(
+        "address: :8443\ntrusted_proxies: [10.0.0.0/8, 192.168.1.1]\ndefault_upstream_timeout: 1m\n\
+         routes:\n  - from: https://a.example.com\n    to:\n      - http://b:80,2\n      - http://c:80\n    timeout: 1h30m\n",
+    );
+    assert_eq!(c.settings.address, "0.0.0.0:8443".parse().expect("addr"));
+    assert_eq!(c.settings.trusted_proxies.len(), 2);
+    assert_eq!(c.settings.default_upstream_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(c.routes.len(), 1);
+    assert_eq!(c.routes[0].to, vec!["http://b:80,2".to_string(), "http://c:80".to_string()]);
+    assert_eq!(c.routes[0].timeout, Some(std::time::Duration::from_secs(5400)));
+    assert!(c.problems.is_empty());
+}
+
+#[test]
+fn a_bad_route_is_reported_with_its_position_and_left_out() {
+    let c = parse_ok(
+        "routes:\n  - from: https://a\n    to: http://b\n  - from: https://c\n    to: http://d\n    timeout: soon\n  - from: https://e\n    to: http://f\n",
+    );
+    assert_eq!(c.routes.len(), 2);
+    assert_eq!(c.routes[1].from, "https://e");
+    assert_eq!(c.problems.len(), 1);
+    let p = c.problems[0].to_string();
+    assert!(p.starts_with("config.yaml:6:5: routes[1].timeout: invalid duration \"soon\""), "{p}");
+}
+
+#[test]
+fn every_unknown_key_is_reported_with_a_suggestion() {
+    let p = problems_of("adress: :443\nroutes:\n  - from: https://a\n    too: http://b\n    respnse: {status: 200}\n");
+    assert_eq!(p.len(), 3, "{p:#?}");
+    assert_eq!(p[0], "config.yaml:1:1: adress: unknown key `adress`; did you mean `address`?");
+    assert!(p.iter().any(|m| m == "config.yaml:4:5: routes[0].too: unknown key `too`; did you mean `to`?"), "{p:#?}");
+    assert!(
+        p.iter().any(|m| m.contains("routes[0].respnse: unknown key `respnse`; did you mean `response`?")),
+        "{p:#?}"
+    );
+}
+
+#[test]
+fn nested_unknown_keys_are_found() {
+    let p = problems_of("routes:\n  - from: https://a\n    response:\n      staus: 200\n");
+    assert_eq!(p, vec!["config.yaml:4:7: routes[0].response.staus: unknown key `staus`; did you mean `status`?"]);
+}
+
+#[test]
+fn bad_settings_make_the_file_invalid_but_routes_are_still_checked() {
+    let err =
+        parse("c.yaml", "address: nowhere\nroutes:\n  - to: http://x\n", Path::new(".")).expect_err("bad address");
+    let Error::Invalid(problems) = err else { panic!("expected Invalid, got {err}") };
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(text[0].starts_with("c.yaml:1:1: address: \"nowhere\" is not a listen address"), "{text:#?}");
+    assert_eq!(text[1], "c.yaml:3:5: routes[0]: route has no `from`");
+}
+
+#[test]
+fn type_errors_name_the_key() {
+    let p = problems_of("insecure_server: maybe\n");
+    assert_eq!(p, vec!["config.yaml:1:1: insecure_server: string \"maybe\", expected true or false"]);
+    let p = problems_of("routes: {from: x}\n");
+    assert_eq!(p, vec!["config.yaml:1:1: routes: expected a list of routes, found a mapping"]);
+    let p = problems_of("routes:\n  - just a string\n");
+    assert_eq!(p, vec!["config.yaml:2:5: routes[0]: a route must be a mapping, found a string"]);
+}
+
+#[test]
+fn header_values_accept_any_scalar() {
+    let c =
+        parse_ok("routes:\n  - from: https://a\n    to: http://b\n    set_request_headers: {X-Count: 1, X-On: true}\n");
+    assert_eq!(c.routes[0].set_request_headers["X-Count"], "1");
+    assert_eq!(c.routes[0].set_request_headers["X-On"], "true");
+}
+
+#[test]
+fn certificate_files_resolve_against_the_config_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["a.example.com".to_string()]).expect("cert");
+    std::fs::write(dir.path().join("cert.pem"), ck.cert.pem()).expect("write");
+    std::fs::write(dir.path().join("key.pem"), ck.signing_key.serialize_pem()).expect("write");
+    let c = parse("c.yaml", "certificate_file: cert.pem\ncertificate_key_file: key.pem\n", dir.path()).expect("loads");
+    assert_eq!(c.settings.certificates.len(), 1);
+    let err =
+        parse("c.yaml", "certificates:\n  - cert: missing.pem\n    key: key.pem\n", dir.path()).expect_err("missing");
+    let Error::Invalid(p) = err else { panic!("expected Invalid") };
+    assert!(p[0].to_string().starts_with("c.yaml:2:5: certificates[0].cert: cannot read"), "{}", p[0]);
+}
+
+#[test]
+fn syntax_errors_have_a_position() {
+    let err = parse("c.yaml", "routes:\n  - from: [unclosed\n", Path::new(".")).expect_err("syntax");
+    let msg = err.to_string();
+    assert!(msg.starts_with("c.yaml:3:"), "{msg}");
+    assert!(msg.contains("YAML syntax error"), "{msg}");
+}
+
+#[test]
+fn listen_addresses_in_go_style() {
+    assert_eq!(parse_listen_address(":443"), Ok("0.0.0.0:443".parse().expect("addr")));
+    assert_eq!(parse_listen_address("[::1]:8443"), Ok("[::1]:8443".parse().expect("addr")));
+    assert!(parse_listen_address("localhost:8080").is_ok());
+    assert!(parse_listen_address("8080").is_err());
+}

@@ -135,9 +135,9 @@ impl TreeBuilder {
                         return;
                     }
                     let at = Position { line: mark.line(), column: mark.col() + 1 };
-                    // A block mapping's start event is marked after its first
-                    // key; the first key is where the user sees it begin.
-                    if entries.is_empty() && !path.is_empty() {
+                    // A block mapping in a list is marked after its first key;
+                    // the first key is where the user sees the item begin.
+                    if entries.is_empty() && path.ends_with(']') {
                         self.map.positions.insert(path.clone(), at);
                     }
                     let full = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
