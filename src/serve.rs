@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{self, Config, Problem, reload};
+use crate::config::{self, Config, reload};
 use crate::proxy::tls::{CertResolver, TlsError, server_config};
 use crate::proxy::{self, Proxy, Transport};
 use crate::routes::{RouteTable, Routes};
@@ -114,18 +114,17 @@ async fn reload_loop(
     }
 }
 
-/// Loads and compiles; any problem at all rejects the file.
-fn load_clean(path: &Path) -> Result<(config::Settings, RouteTable), Vec<Problem>> {
+/// Loads and compiles; any problem at all rejects the file. The error
+/// lists every problem, one message each.
+fn load_clean(path: &Path) -> Result<(config::Settings, RouteTable), Vec<String>> {
     let Config { settings, routes, mut problems } = match config::load(path) {
         Ok(c) => c,
-        Err(config::Error::Invalid(problems)) => return Err(problems),
-        Err(other) => {
-            return Err(vec![Problem::new(&config::Origin::Inline, None, other.to_string())]);
-        }
+        Err(config::Error::Invalid(problems)) => return Err(problems.iter().map(ToString::to_string).collect()),
+        Err(other) => return Err(vec![other.to_string()]),
     };
     let (table, compile_problems) = RouteTable::compile(&settings, routes);
     problems.extend(compile_problems);
-    if problems.is_empty() { Ok((settings, table)) } else { Err(problems) }
+    if problems.is_empty() { Ok((settings, table)) } else { Err(problems.iter().map(ToString::to_string).collect()) }
 }
 
 fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settings) {

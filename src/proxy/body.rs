@@ -168,7 +168,7 @@ impl Body for Reclaimable {
     fn size_hint(&self) -> SizeHint {
         match &self.taken {
             Some(b) => b.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }

@@ -41,7 +41,6 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
         route: None,
         upstream: None,
     };
-    let request_headers = req.headers().clone();
     let peer = Peer { trusted: table.trusts(peer.ip), ..peer };
     let response = match run(&proxy, &table, peer, &mut ctx, req).await {
         Ok(resp) => resp,
@@ -49,7 +48,7 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
             if let ProxyError::BadPath(e) = &err {
                 tracing::debug!(http.path = %ctx.path, error = %e, "refused request path");
             }
-            error_response(&err, &request_headers)
+            error_response(&err, ctx.navigation)
         }
     };
     finish(&proxy, ctx, response)

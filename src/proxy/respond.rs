@@ -89,11 +89,11 @@ fn prefers_html(headers: &HeaderMap) -> bool {
     html.is_some_and(|h| h > 0.0 && h >= other)
 }
 
-/// Renders `err` for a client whose request had `headers`.
-pub(crate) fn error_response(err: &ProxyError, headers: &HeaderMap) -> Response<ProxyBody> {
+/// Renders `err` as an HTML page for a browser navigation, JSON otherwise.
+pub(crate) fn error_response(err: &ProxyError, navigation: bool) -> Response<ProxyBody> {
     let status = err.status();
     let message = err.to_string();
-    let (content_type, body) = if is_navigation(headers) {
+    let (content_type, body) = if navigation {
         ("text/html; charset=utf-8", html_page(status, &message))
     } else {
         let json = serde_json::json!({ "error": err.code(), "message": message, "status": status.as_u16() });

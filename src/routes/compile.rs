@@ -137,7 +137,7 @@ fn rule_label(rule: &PathRule) -> String {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim().to_string()
 }
 
 fn absolute_path(field: &str, p: &str) -> Result<String, String> {

@@ -32,16 +32,11 @@ pub struct Postern {
 }
 
 /// How to start the proxy.
+#[derive(Default)]
 pub struct Options {
     pub extra_args: Vec<String>,
     /// Files written next to the config before start (name, contents).
     pub files: Vec<(String, Vec<u8>)>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options { extra_args: Vec::new(), files: Vec::new() }
-    }
 }
 
 impl Postern {
@@ -244,4 +239,142 @@ pub fn self_signed(names: &[&str]) -> (String, String) {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let ck = rcgen::generate_simple_self_signed(names).expect("generate cert");
     (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+// ---- Operations helpers: logs as JSON events, metrics, runs that must exit ----
+
+/// Every log line that is a JSON object, in order.
+pub fn log_events(p: &Postern) -> Vec<serde_json::Value> {
+    p.logs().iter().filter_map(|l| serde_json::from_str(l).ok()).collect()
+}
+
+/// Log events after the first `skip` lines whose `message` is `message`.
+pub fn events_named(p: &Postern, skip: usize, message: &str) -> Vec<serde_json::Value> {
+    p.logs()
+        .iter()
+        .skip(skip)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["message"] == message)
+        .collect()
+}
+
+/// Waits (without blocking the async runtime) for a log event after the first
+/// `skip` lines with `message`; panics with the log after `timeout`.
+pub async fn wait_for_event(p: &Postern, skip: usize, message: &str, timeout: Duration) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(e) = events_named(p, skip, message).into_iter().next() {
+            return e;
+        }
+        if Instant::now() > deadline {
+            panic!("no log event {message:?} within {timeout:?}; log:\n{}", p.logs().join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// GETs `http://addr/path` (the metrics listener): (status, body).
+pub async fn get_plain(addr: SocketAddr, path: &str) -> (u16, String) {
+    let resp = client_to(addr).get(format!("http://{addr}{path}")).send().await.expect("plain GET");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.expect("plain body"))
+}
+
+/// The proxy's `/metrics` text; the YAML must set `metrics_address`.
+pub async fn scrape(p: &Postern) -> String {
+    let addr = p.metrics.expect("metrics_address is set in the config");
+    let (status, body) = get_plain(addr, "/metrics").await;
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    body
+}
+
+/// The sum of every sample of `name` whose labels include all of `labels`;
+/// `None` if there is no such sample. `name` is the full sample name
+/// (`postern_http_requests_total`, `..._bucket`).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(sv) => sv,
+            None => continue,
+        };
+        let (sample, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if sample != name {
+            continue;
+        }
+        let found = parse_labels(label_text);
+        if labels.iter().all(|(k, v)| found.iter().any(|(fk, fv)| fk == k && fv == v))
+            && let Ok(v) = value.parse::<f64>()
+        {
+            total = Some(total.unwrap_or(0.0) + v);
+        }
+    }
+    total
+}
+
+fn parse_labels(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some((key, after)) = rest.split_once("=\"") {
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        value.push(n);
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.push((key.trim_start_matches(',').trim().to_string(), value));
+        rest = &after[end..];
+    }
+    out
+}
+
+/// Runs `postern --log-format json serve --config <dir>/config.yaml <extra>`
+/// with `config` written as is, expecting it to exit by itself within
+/// `timeout`. Returns (exit code, stderr); `None` (after killing it) if it
+/// was still running.
+pub fn serve_until_exit(config: &str, extra: &[&str], timeout: Duration) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config).expect("write config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .args(["--log-format", "json", "serve", "--config"])
+        .arg(&path)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn postern");
+    let mut stderr = child.stderr.take().expect("stderr piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + timeout;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, reader.join().unwrap_or_default())
 }
