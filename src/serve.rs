@@ -25,6 +25,9 @@ pub enum ServeError {
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains for up to `grace`.
 pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError> {
+    // Watch before the first load, so an edit made while starting up is
+    // not missed.
+    let triggers = reload::watch(&config_path);
     let Config { settings, routes: specs, problems } = config::load(&config_path)?;
     let (table, compile_problems) = RouteTable::compile(&settings, specs);
     for problem in problems.iter().chain(&compile_problems) {
@@ -49,7 +52,8 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = settings.http_redirect_addr {
         let listener = telemetry::bind(addr, "http_redirect_addr").await?;
-        tasks.spawn(proxy::serve_redirect(listener, settings.address.port(), stop.clone()));
+        // The bound port, not the configured one: `address` may say port 0.
+        tasks.spawn(proxy::serve_redirect(listener, main.local_addr()?.port(), stop.clone()));
     }
     if let Some(addr) = settings.metrics_address {
         let listener = telemetry::bind(addr, "metrics_address").await?;
@@ -60,7 +64,7 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
     tasks.spawn(proxy::serve(proxy.clone(), main, transport, stop.clone(), grace));
     metrics.set_ready(true);
 
-    let reloader = tokio::spawn(reload_loop(config_path, settings, routes, certs, metrics.clone()));
+    let reloader = tokio::spawn(reload_loop(triggers, config_path, settings, routes, certs, metrics.clone()));
     wait_for_shutdown_signal().await;
     tracing::info!("shutting down");
     metrics.set_ready(false);
@@ -77,13 +81,13 @@ fn route_hosts(table: &RouteTable) -> Vec<String> {
 /// Reloads on every trigger. A config with any problem is rejected whole
 /// and the last good table keeps serving.
 async fn reload_loop(
+    mut triggers: reload::ReloadTriggers,
     path: PathBuf,
     mut settings: config::Settings,
     routes: Arc<Routes>,
     certs: Arc<CertResolver>,
     metrics: Arc<Metrics>,
 ) {
-    let mut triggers = reload::watch(&path);
     while let Some(trigger) = triggers.rx.recv().await {
         tokio::time::sleep(reload::SETTLE).await;
         while triggers.rx.try_recv().is_ok() {}

@@ -112,31 +112,60 @@ where
     }
 }
 
-/// A request body shared with the forwarder: the first poll takes it out of
-/// the slot. If connecting to an upstream fails, hyper has not polled the
-/// body yet, so [`Reclaimable::reclaim`] gets it back for the next upstream.
+/// The client's request body, shared between forwarding attempts.
+pub(crate) struct RequestBody {
+    slot: Mutex<Option<Incoming>>,
+    /// Set once the whole body has been handed to an upstream.
+    sent: tokio::sync::Notify,
+    finished: std::sync::atomic::AtomicBool,
+}
+
+impl RequestBody {
+    pub(crate) fn new(body: Incoming) -> Arc<Self> {
+        let finished = body.is_end_stream();
+        Arc::new(RequestBody {
+            slot: Mutex::new(Some(body)),
+            sent: tokio::sync::Notify::new(),
+            finished: std::sync::atomic::AtomicBool::new(finished),
+        })
+    }
+
+    /// Resolves once the upstream has received the whole request body
+    /// (at once for bodiless requests). Route timeouts start here, so a
+    /// slow upload is not cut off by the response timeout.
+    pub(crate) async fn sent(&self) {
+        let notified = self.sent.notified();
+        if self.finished.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        notified.await;
+    }
+
+    fn mark_sent(&self) {
+        self.finished.store(true, std::sync::atomic::Ordering::Release);
+        self.sent.notify_waiters();
+    }
+}
+
+/// One attempt's handle on the [`RequestBody`]: the first poll takes the
+/// body out of the slot. If connecting to an upstream fails, hyper has not
+/// polled the body yet, so [`Reclaimable::reclaim`] gets it back for the
+/// next upstream.
 pub(crate) struct Reclaimable {
-    slot: Arc<Mutex<Option<Incoming>>>,
+    shared: Arc<RequestBody>,
     taken: Option<Incoming>,
     end_stream: bool,
     hint: SizeHint,
 }
 
 impl Reclaimable {
-    pub(crate) fn new(body: Incoming) -> (Self, Arc<Mutex<Option<Incoming>>>) {
-        let end_stream = body.is_end_stream();
-        let hint = body.size_hint();
-        let slot = Arc::new(Mutex::new(Some(body)));
-        (Reclaimable { slot: slot.clone(), taken: None, end_stream, hint }, slot)
-    }
-
-    /// A new handle on a slot whose body was not consumed; `None` if it was.
-    pub(crate) fn reclaim(slot: &Arc<Mutex<Option<Incoming>>>) -> Option<Self> {
-        let guard = slot.lock().ok()?;
+    /// A handle on a body that was not consumed yet; `None` if it was.
+    pub(crate) fn reclaim(shared: &Arc<RequestBody>) -> Option<Self> {
+        let guard = shared.slot.lock().ok()?;
         let body = guard.as_ref()?;
         let (end_stream, hint) = (body.is_end_stream(), body.size_hint());
         drop(guard);
-        Some(Reclaimable { slot: slot.clone(), taken: None, end_stream, hint })
+        Some(Reclaimable { shared: shared.clone(), taken: None, end_stream, hint })
     }
 }
 
@@ -146,16 +175,18 @@ impl Body for Reclaimable {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         if self.taken.is_none() {
-            let body = self.slot.lock().ok().and_then(|mut s| s.take());
+            let body = self.shared.slot.lock().ok().and_then(|mut s| s.take());
             match body {
                 Some(b) => self.taken = Some(b),
                 None => return Poll::Ready(None),
             }
         }
-        match self.taken.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx),
-            None => Poll::Ready(None),
+        let Some(body) = self.taken.as_mut() else { return Poll::Ready(None) };
+        let polled = Pin::new(body).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            self.shared.mark_sent();
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

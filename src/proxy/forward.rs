@@ -14,7 +14,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::body::Reclaimable;
+use super::body::{Reclaimable, RequestBody};
 use super::respond::ProxyError;
 use crate::routes::{HostHeader, Route, Upstream, UpstreamTls, Upstreams};
 
@@ -237,23 +237,23 @@ pub(crate) fn upstream_path(route: &Route, upstream: &Upstream, path: &str, quer
 /// A request ready to forward, minus the upstream-specific parts.
 pub(crate) struct Outbound {
     pub parts: http::request::Parts,
-    pub body: Arc<Mutex<Option<Incoming>>>,
-    pub first_body: Option<Reclaimable>,
+    pub body: Arc<RequestBody>,
     /// Normalized path and original query.
     pub path: String,
     pub query: Option<String>,
-    /// Client-facing host (for `preserve_host_header` and X-Forwarded-Host).
-    pub host: String,
+    /// The client's `Host` (or `:authority`) as sent, port included, for
+    /// `preserve_host_header` and `X-Forwarded-Host`.
+    pub authority: String,
 }
 
 impl Outbound {
     /// Prepares the client's request for any upstream of `route`.
-    pub(crate) fn new(req: Request<Incoming>, route: &Route, peer: Peer, host: String, path: String) -> Self {
+    pub(crate) fn new(req: Request<Incoming>, route: &Route, peer: Peer, authority: String, path: String) -> Self {
         let upgrade = if route.allow_websockets { upgrade_requested(&req) } else { None };
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query().map(str::to_string);
         strip_hop_by_hop(&mut parts.headers);
-        set_forwarded(&mut parts.headers, peer, &host);
+        set_forwarded(&mut parts.headers, peer, &authority);
         for name in &route.remove_request_headers {
             parts.headers.remove(name);
         }
@@ -264,15 +264,11 @@ impl Outbound {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());
         }
-        let (first_body, slot) = Reclaimable::new(body);
-        Outbound { parts, body: slot, first_body: Some(first_body), path, query, host }
+        Outbound { parts, body: RequestBody::new(body), path, query, authority }
     }
 
     fn request_for(&mut self, route: &Route, upstream: &Upstream) -> Option<Request<Reclaimable>> {
-        let body = match self.first_body.take() {
-            Some(b) => b,
-            None => Reclaimable::reclaim(&self.body)?,
-        };
+        let body = Reclaimable::reclaim(&self.body)?;
         let scheme = if upstream.scheme.as_str() == "h2c" { Scheme::HTTP } else { upstream.scheme.clone() };
         let pq: PathAndQuery = upstream_path(route, upstream, &self.path, self.query.as_deref()).parse().ok()?;
         let uri =
@@ -280,7 +276,7 @@ impl Outbound {
         let mut headers = self.parts.headers.clone();
         let host = match &route.host_header {
             HostHeader::Upstream => HeaderValue::from_str(upstream.authority.as_str()).ok(),
-            HostHeader::Preserve => HeaderValue::from_str(&self.host).ok(),
+            HostHeader::Preserve => HeaderValue::from_str(&self.authority).ok(),
             HostHeader::Rewrite(h) => Some(h.clone()),
         };
         if let Some(h) = host {
@@ -313,16 +309,25 @@ pub(crate) async fn forward(
             break;
         };
         let client = clients.get(&upstreams.tls, upstream.scheme.as_str() == "h2c");
-        let sent = client.request(req);
+        let response = client.request(req);
         let result = match route.timeout {
-            Some(t) => match tokio::time::timeout(t, sent).await {
-                Ok(r) => r,
-                Err(_) => {
-                    on_error("timeout");
-                    return Err(ProxyError::UpstreamTimeout);
+            // The timeout counts from the end of the request body, as
+            // Envoy's route timeout does: uploads take as long as they take.
+            Some(t) => {
+                let body = out.body.clone();
+                let deadline = async move {
+                    body.sent().await;
+                    tokio::time::sleep(t).await;
+                };
+                tokio::select! {
+                    r = response => r,
+                    () = deadline => {
+                        on_error("timeout");
+                        return Err(ProxyError::UpstreamTimeout);
+                    }
                 }
-            },
-            None => sent.await,
+            }
+            None => response.await,
         };
         match result {
             Ok(resp) => return Ok((resp, upstream.to_string())),

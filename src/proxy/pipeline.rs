@@ -73,16 +73,21 @@ async fn run(
 /// Host (lowercase, no port) and port the request is for: the request
 /// target's authority (HTTP/2, absolute-form) or the `Host` header.
 fn target(req: &Request<Incoming>) -> Result<(String, Option<u16>), ProxyError> {
-    let authority = match req.uri().authority() {
-        Some(a) => a.as_str().to_string(),
-        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).ok_or(ProxyError::NoHost)?.to_string(),
-    };
-    let authority: http::uri::Authority = authority.parse().map_err(|_| ProxyError::NoHost)?;
+    let authority: http::uri::Authority =
+        client_authority(req).ok_or(ProxyError::NoHost)?.parse().map_err(|_| ProxyError::NoHost)?;
     let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
     if host.is_empty() {
         return Err(ProxyError::NoHost);
     }
     Ok((host, authority.port_u16()))
+}
+
+/// The authority the client asked for, exactly as sent.
+fn client_authority(req: &Request<Incoming>) -> Option<&str> {
+    match req.uri().authority() {
+        Some(a) => Some(a.as_str()),
+        None => req.headers().get(header::HOST).and_then(|h| h.to_str().ok()),
+    }
 }
 
 /// Policy. Until sign-in exists, only public routes are served.
@@ -110,7 +115,8 @@ async fn act(
     };
     let client_upgrade =
         (route.allow_websockets && forward::upgrade_requested(&req).is_some()).then(|| hyper::upgrade::on(&mut req));
-    let out = Outbound::new(req, route, peer, ctx.host.clone(), ctx.path.clone());
+    let authority = client_authority(&req).unwrap_or(&ctx.host).to_string();
+    let out = Outbound::new(req, route, peer, authority, ctx.path.clone());
     let metrics = proxy.metrics.clone();
     let name = route.name.clone();
     let (resp, upstream) =
