@@ -52,7 +52,7 @@ impl Shape {
     }
 
     /// The `from` host of host number `host`.
-    fn from_host(self, host: usize) -> String {
+    fn route_host(self, host: usize) -> String {
         if self.is_wildcard(host) { format!("*.zone{host}.example.com") } else { format!("host{host}.example.com") }
     }
 
@@ -77,7 +77,7 @@ enum Rule {
 fn rule(j: usize, per_host: usize) -> Rule {
     if j + 1 == per_host {
         Rule::Any
-    } else if j % 2 == 0 {
+    } else if j.is_multiple_of(2) {
         Rule::Prefix(format!("/api/v{j}/"))
     } else {
         Rule::Path(format!("/static/item{j}"))
@@ -88,7 +88,7 @@ fn rule(j: usize, per_host: usize) -> Rule {
 fn specs(shape: Shape) -> Vec<RouteSpec> {
     let mut specs = Vec::with_capacity(shape.routes());
     for host in 0..shape.hosts {
-        let from = format!("https://{}", shape.from_host(host));
+        let from = format!("https://{}", shape.route_host(host));
         for j in 0..shape.per_host {
             let (prefix, path) = match rule(j, shape.per_host) {
                 Rule::Prefix(p) => (Some(p), None),
@@ -143,7 +143,7 @@ impl Rng {
 
 /// The request path that hits route `j`, and that route's name.
 fn hit(shape: Shape, host: usize, j: usize, salt: u64) -> (String, String) {
-    let from = shape.from_host(host);
+    let from = shape.route_host(host);
     match rule(j, shape.per_host) {
         Rule::Prefix(p) => (format!("{p}users/{}", salt % 1000), format!("{from}{p}*")),
         Rule::Path(p) => (p.clone(), format!("{from}{p}")),
@@ -162,7 +162,7 @@ fn queries(shape: Shape) -> Vec<Query> {
     (0..QUERIES)
         .map(|i| {
             let salt = rng.next();
-            let port = if i % 2 == 0 { None } else { Some(443) };
+            let port = if i.is_multiple_of(2) { None } else { Some(443) };
             let (host, path, expect) = match i % 8 {
                 0..=5 => {
                     let h = exact[rng.below(exact.len())];
@@ -181,7 +181,7 @@ fn queries(shape: Shape) -> Vec<Query> {
                     (shape.request_host(h, salt), path, Some(name))
                 }
                 _ => {
-                    let host = if salt % 2 == 0 {
+                    let host = if salt.is_multiple_of(2) {
                         format!("unknown{}.example.net", salt % 100_000)
                     } else {
                         format!("svc1.nozone{}.example.com", salt % 100_000)
