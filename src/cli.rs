@@ -79,7 +79,7 @@ pub fn main() -> ExitCode {
             };
             match runtime.block_on(crate::serve::run(config, shutdown_grace)) {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(crate::serve::ServeError::Config(config::Error::Invalid(problems))) => {
+                Err(crate::serve::ServeError::Config(config::Error::Invalid { problems, .. })) => {
                     for p in &problems {
                         tracing::error!(problem = %p, "invalid config");
                     }
@@ -106,7 +106,15 @@ fn load_and_compile(path: &Path) -> Result<(RouteTable, Vec<config::Problem>), S
             problems.extend(compile_problems);
             Ok((table, problems))
         }
-        Err(config::Error::Invalid(problems)) => Err(problems.iter().map(|p| format!("{p}\n")).collect()),
+        Err(config::Error::Invalid { mut problems, routes }) => {
+            // Settings are unusable, but route problems are still worth
+            // reporting in the same pass.
+            let (_, compile_problems) = RouteTable::compile(&config::Settings::default(), routes);
+            problems.extend(compile_problems);
+            let mut text: String = problems.iter().map(|p| format!("{p}\n")).collect();
+            text.push_str(&format!("{} problem(s)\n", problems.len()));
+            Err(text)
+        }
         Err(e) => Err(format!("{e}\n")),
     }
 }

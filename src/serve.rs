@@ -28,6 +28,7 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
     // Watch before the first load, so an edit made while starting up is
     // not missed.
     let triggers = reload::watch(&config_path);
+    let shutdown = ShutdownSignal::install()?;
     let Config { settings, routes: specs, problems } = config::load(&config_path)?;
     let (table, compile_problems) = RouteTable::compile(&settings, specs);
     for problem in problems.iter().chain(&compile_problems) {
@@ -60,12 +61,13 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
         tracing::info!(address = %listener.local_addr()?, "metrics listening");
         tasks.spawn(telemetry::serve_metrics(listener, metrics.clone(), stop.clone()));
     }
-    tracing::info!(address = %main.local_addr()?, tls = !settings.insecure_server, "proxy listening");
+    let main_addr = main.local_addr()?;
     tasks.spawn(proxy::serve(proxy.clone(), main, transport, stop.clone(), grace));
     metrics.set_ready(true);
+    tracing::info!(address = %main_addr, tls = !settings.insecure_server, "proxy listening");
 
     let reloader = tokio::spawn(reload_loop(triggers, config_path, settings, routes, certs, metrics.clone()));
-    wait_for_shutdown_signal().await;
+    shutdown.wait().await;
     tracing::info!("shutting down");
     metrics.set_ready(false);
     reloader.abort();
@@ -123,7 +125,7 @@ async fn reload_loop(
 fn load_clean(path: &Path) -> Result<(config::Settings, RouteTable), Vec<String>> {
     let Config { settings, routes, mut problems } = match config::load(path) {
         Ok(c) => c,
-        Err(config::Error::Invalid(problems)) => return Err(problems.iter().map(ToString::to_string).collect()),
+        Err(config::Error::Invalid { problems, .. }) => return Err(problems.iter().map(ToString::to_string).collect()),
         Err(other) => return Err(vec![other.to_string()]),
     };
     let (table, compile_problems) = RouteTable::compile(&settings, routes);
@@ -145,19 +147,23 @@ fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settin
     }
 }
 
-async fn wait_for_shutdown_signal() {
-    #[cfg(unix)]
-    {
+/// SIGTERM and SIGINT, registered at start-up so a signal that arrives
+/// while starting still shuts down cleanly.
+struct ShutdownSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignal {
+    fn install() -> std::io::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        };
+        Ok(ShutdownSignal { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn wait(mut self) {
         tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

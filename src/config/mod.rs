@@ -42,9 +42,11 @@ pub enum Error {
     },
     #[error("{file}: the top level must be a mapping of settings, found {found}")]
     NotAMapping { file: String, found: &'static str },
-    /// Global settings are wrong; the problems include any route problems too.
-    #[error("{} problem(s) in the config", .0.len())]
-    Invalid(Vec<Problem>),
+    /// Global settings are wrong; the problems include any route problems
+    /// found while loading. `routes` are the routes that did load, so a
+    /// checker can compile them and report their problems too.
+    #[error("{} problem(s) in the config", .problems.len())]
+    Invalid { problems: Vec<Problem>, routes: Vec<RouteSpec> },
 }
 
 /// A loaded config file. `problems` lists routes that were left out.
@@ -98,7 +100,7 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
     }
     match settings {
         Some(settings) if settings_ok => Ok(Config { settings, routes, problems }),
-        _ => Err(Error::Invalid(problems)),
+        _ => Err(Error::Invalid { problems, routes }),
     }
 }
 

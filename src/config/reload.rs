@@ -51,16 +51,19 @@ pub fn watch(file: &Path) -> ReloadTriggers {
             None
         }
     };
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            if tx.send(Trigger::Hangup).await.is_err() {
-                return;
-            }
+    // Registered here, not in the task, so a SIGHUP right after start-up
+    // reloads instead of killing the process.
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tx.send(Trigger::Hangup).await.is_err() {
+                        return;
+                    }
+                }
+            });
         }
-    });
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP"),
+    }
     ReloadTriggers { rx, _watcher: watcher }
 }

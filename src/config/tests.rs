@@ -9,7 +9,7 @@ fn parse_ok(text: &str) -> Config {
 fn problems_of(text: &str) -> Vec<String> {
     match parse("config.yaml", text, Path::new(".")) {
         Ok(c) => c.problems.iter().map(ToString::to_string).collect(),
-        Err(Error::Invalid(p)) => p.iter().map(ToString::to_string).collect(),
+        Err(Error::Invalid { problems: p, .. }) => p.iter().map(ToString::to_string).collect(),
         Err(e) => vec![e.to_string()],
     }
 }
@@ -63,7 +63,7 @@ fn nested_unknown_keys_are_found() {
 fn bad_settings_make_the_file_invalid_but_routes_are_still_checked() {
     let err =
         parse("c.yaml", "address: nowhere\nroutes:\n  - to: http://x\n", Path::new(".")).expect_err("bad address");
-    let Error::Invalid(problems) = err else { panic!("expected Invalid, got {err}") };
+    let Error::Invalid { problems, .. } = err else { panic!("expected Invalid, got {err}") };
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(text[0].starts_with("c.yaml:1:1: address: \"nowhere\" is not a listen address"), "{text:#?}");
     assert_eq!(text[1], "c.yaml:3:5: routes[0]: route has no `from`");
@@ -97,7 +97,7 @@ fn certificate_files_resolve_against_the_config_directory() {
     assert_eq!(c.settings.certificates.len(), 1);
     let err =
         parse("c.yaml", "certificates:\n  - cert: missing.pem\n    key: key.pem\n", dir.path()).expect_err("missing");
-    let Error::Invalid(p) = err else { panic!("expected Invalid") };
+    let Error::Invalid { problems: p, .. } = err else { panic!("expected Invalid") };
     assert!(p[0].to_string().starts_with("c.yaml:2:5: certificates[0].cert: cannot read"), "{}", p[0]);
 }
 

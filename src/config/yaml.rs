@@ -51,7 +51,7 @@ pub struct SyntaxError {
 pub fn parse(text: &str) -> Result<(Value, SourceMap), SyntaxError> {
     let mut builder = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut builder, false).map_err(|e| SyntaxError {
+    parser.load(&mut builder, true).map_err(|e| SyntaxError {
         line: e.marker().line(),
         column: e.marker().col() + 1,
         message: e.info().to_string(),
@@ -76,6 +76,7 @@ struct TreeBuilder {
     map: SourceMap,
     anchors: HashMap<usize, Value>,
     error: Option<SyntaxError>,
+    documents: usize,
 }
 
 impl TreeBuilder {
@@ -180,7 +181,13 @@ impl MarkedEventReceiver for TreeBuilder {
                     None => self.fail(mark, "alias to an unknown anchor"),
                 }
             }
-            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentStart | Event::DocumentEnd => {}
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    self.fail(mark, "only one YAML document is allowed (found a second `---`)");
+                }
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
         }
     }
 }

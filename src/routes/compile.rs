@@ -29,10 +29,11 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         (None, None, None) => PathRule::Any,
         (Some(p), None, None) => PathRule::Exact(absolute_path("path", p).map_err(|m| bad("path", m))?),
         (None, Some(p), None) => PathRule::Prefix(absolute_path("prefix", p).map_err(|m| bad("prefix", m))?),
-        (None, None, Some(r)) => PathRule::Regex(
-            Regex::new(&format!("^(?:{r})$"))
+        (None, None, Some(r)) => PathRule::Regex {
+            re: Regex::new(&format!("^(?:{r})$"))
                 .map_err(|e| bad("regex", format!("invalid regular expression: {}", first_line(&e.to_string()))))?,
-        ),
+            source: r.clone(),
+        },
         _ => {
             let field = if spec.regex.is_some() { "regex" } else { "prefix" };
             return Err(bad(field, "set only one of `path`, `prefix` and `regex`".into()));
@@ -188,8 +189,11 @@ fn parse_from(text: &str) -> Result<FromUrl, String> {
     };
     let host = host.to_ascii_lowercase();
     let bare = host.strip_prefix("*.").unwrap_or(&host);
-    if bare.is_empty() || bare.contains('*') || !bare.split('.').all(valid_label) {
+    if bare.contains('*') {
         return Err(format!("{text:?} has an invalid host (a `*` may only be the whole first label)"));
+    }
+    if bare.is_empty() || !bare.split('.').all(valid_label) {
+        return Err(format!("{text:?} has an invalid host (use ASCII, punycode for international names)"));
     }
     Ok(FromUrl { scheme, host, port })
 }
@@ -216,6 +220,13 @@ fn parse_to(text: &str) -> Result<Upstream, String> {
     };
     let (scheme, authority, path) = split_url(url, true)?;
     let authority: Authority = authority.parse().map_err(|_| format!("{url:?} has an invalid host or port"))?;
+    // `Authority` silently drops a port that does not fit in a u16.
+    let after_host = authority.as_str().rsplit_once(']').map_or(authority.as_str(), |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(format!("{url:?} has an invalid port {port:?}"));
+    }
     if authority.host().contains('*') {
         return Err(format!("{url:?}: an upstream cannot be a wildcard"));
     }

@@ -59,8 +59,11 @@ pub enum PathRule {
     Any,
     Exact(String),
     Prefix(String),
-    /// Anchored at both ends when compiled.
-    Regex(Regex),
+    /// `re` is `source` anchored at both ends; `source` is what the user wrote.
+    Regex {
+        re: Regex,
+        source: String,
+    },
 }
 
 impl PathRule {
@@ -69,7 +72,7 @@ impl PathRule {
             PathRule::Any => true,
             PathRule::Exact(p) => path == p,
             PathRule::Prefix(p) => path.starts_with(p.as_str()),
-            PathRule::Regex(re) => re.is_match(path),
+            PathRule::Regex { re, .. } => re.is_match(path),
         }
     }
 }
@@ -80,7 +83,7 @@ impl std::fmt::Display for PathRule {
             PathRule::Any => f.write_str("/*"),
             PathRule::Exact(p) => f.write_str(p),
             PathRule::Prefix(p) => write!(f, "{p}*"),
-            PathRule::Regex(re) => write!(f, "~{}", re.as_str()),
+            PathRule::Regex { source, .. } => write!(f, "~{source}"),
         }
     }
 }

@@ -350,10 +350,18 @@ pub fn serve_until_exit(config: &str, extra: &[&str], timeout: Duration) -> (Opt
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, config).expect("write config");
+    let path = path.to_str().expect("utf-8 temp path");
+    let mut args = vec!["--log-format", "json", "serve", "--config", path];
+    args.extend_from_slice(extra);
+    run_cli_bounded(&args, dir.path(), timeout)
+}
+
+/// Runs `postern` with `args`, expecting it to exit within `timeout`.
+/// Returns (exit code, stderr); `None` (after killing it) if it was still running.
+pub fn run_cli_bounded(args: &[&str], cwd: &Path, timeout: Duration) -> (Option<i32>, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
-        .args(["--log-format", "json", "serve", "--config"])
-        .arg(&path)
-        .args(extra)
+        .args(args)
+        .current_dir(cwd)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
