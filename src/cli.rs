@@ -70,7 +70,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, shutdown_grace } => {
             telemetry::init_logging(cli.log_format, &cli.log_level);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // Control work only (reload, metrics, signals); requests run on
+            // the per-core workers that `serve` starts.
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("postern: cannot start the async runtime: {e}");

@@ -62,9 +62,16 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
         tasks.spawn(telemetry::serve_metrics(listener, metrics.clone(), stop.clone()));
     }
     let main_addr = main.local_addr()?;
-    tasks.spawn(proxy::serve(proxy.clone(), main, transport, stop.clone(), grace));
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let worker_threads =
+        proxy::spawn_workers(proxy.clone(), main.into_std()?, transport, stop.clone(), grace, workers)?;
+    tasks.spawn_blocking(move || {
+        for worker in worker_threads {
+            let _ = worker.join();
+        }
+    });
     metrics.set_ready(true);
-    tracing::info!(address = %main_addr, tls = !settings.insecure_server, "proxy listening");
+    tracing::info!(address = %main_addr, tls = !settings.insecure_server, workers, "proxy listening");
 
     let reloader = tokio::spawn(reload_loop(triggers, config_path, settings, routes, certs, metrics.clone()));
     shutdown.wait().await;

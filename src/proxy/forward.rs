@@ -1,9 +1,10 @@
 //! Forwarding to upstreams: the request rewrite, the pooled clients, retry
 //! on connect failure, response header cleanup, and upgrade tunnels.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -21,18 +22,24 @@ use crate::routes::{HostHeader, Route, Upstream, UpstreamTls, Upstreams};
 type HttpsConnector = hyper_rustls::HttpsConnector<HttpConnector>;
 type UpstreamClient = Client<HttpsConnector, Reclaimable>;
 
-/// Pooled clients, one per distinct upstream TLS policy (and one for h2c),
-/// kept across reloads so connection pools survive a config change.
-#[derive(Default)]
-pub(crate) struct Clients {
-    by_tls: Mutex<HashMap<(UpstreamTls, bool), UpstreamClient>>,
+thread_local! {
+    /// Pooled clients, one per distinct upstream TLS policy (and one for
+    /// h2c), per worker thread: a pooled connection's task lives on the
+    /// thread that opened it, so requests never wake another thread. Kept
+    /// across reloads so connection pools survive a config change.
+    static CLIENTS: RefCell<HashMap<(UpstreamTls, bool), UpstreamClient>> = RefCell::new(HashMap::new());
 }
 
-impl Clients {
-    fn get(&self, tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
-        let mut map = self.by_tls.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry((tls.clone(), h2c)).or_insert_with(|| build_client(tls, h2c)).clone()
-    }
+fn client_for(tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
+    CLIENTS.with(|clients| {
+        let mut clients = clients.borrow_mut();
+        if let Some(c) = clients.get(&(tls.clone(), h2c)) {
+            return c.clone();
+        }
+        let client = build_client(tls, h2c);
+        clients.insert((tls.clone(), h2c), client.clone());
+        client
+    })
 }
 
 fn build_client(tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
@@ -135,6 +142,11 @@ const HOP_BY_HOP: [&str; 9] = [
 /// Removes hop-by-hop headers and any header named in `Connection`. A
 /// `TE: trailers` survives, as gRPC over HTTP/2 requires it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of these: one pass over the names decides,
+    // instead of a hash probe per hop-by-hop name on every message.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -297,7 +309,6 @@ impl Outbound {
 /// others on connect failure (only while the body is still unsent).
 /// Returns the response and the upstream that gave it.
 pub(crate) async fn forward(
-    clients: &Clients,
     route: &Route,
     upstreams: &Upstreams,
     mut out: Outbound,
@@ -308,7 +319,7 @@ pub(crate) async fn forward(
         let Some(req) = out.request_for(route, upstream) else {
             break;
         };
-        let client = clients.get(&upstreams.tls, upstream.scheme.as_str() == "h2c");
+        let client = client_for(&upstreams.tls, upstream.scheme.as_str() == "h2c");
         let response = client.request(req);
         let result = match route.timeout {
             // The timeout counts from the end of the request body, as

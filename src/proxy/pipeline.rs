@@ -120,8 +120,7 @@ async fn act(
     let metrics = proxy.metrics.clone();
     let name = route.name.clone();
     let (resp, upstream) =
-        forward::forward(&proxy.clients, route, upstreams, out, move |kind| metrics.upstream_error(&name, kind))
-            .await?;
+        forward::forward(route, upstreams, out, move |kind| metrics.upstream_error(&name, kind)).await?;
     ctx.upstream = Some(upstream);
     let resp = forward::finish_upstream_response(resp, client_upgrade, route.idle_timeout);
     Ok(resp.map(|b| b.map_err(Into::into).boxed()))
