@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs Postern's whole test suite on a fresh machine, installing what it needs.
 #   scripts/test.sh          everything
-#   scripts/test.sh --fast   unit tests and tests that need no external component
+#   scripts/test.sh --fast   unit tests and the integration tests that need no
+#                            Kubernetes control plane (no Go build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,11 +11,21 @@ fast=0
 
 echo "== toolchain"
 cargo --version
-rustc --version
+go version
 
-echo "== unit and integration tests"
 if [ "$fast" = 1 ]; then
-  cargo test --lib
-else
-  cargo test --all-targets --no-fail-fast
+  targets=(--lib)
+  for f in tests/*.rs; do
+    name=$(basename "$f" .rs)
+    case "$name" in k8s_*) ;; *) targets+=(--test "$name") ;; esac
+  done
+  echo "== fast tests (no control plane)"
+  cargo test "${targets[@]}"
+  exit 0
 fi
+
+echo "== Kubernetes control plane and CLIs (built from Go modules, cached)"
+tests/support/k8s/build.sh
+
+echo "== all tests"
+cargo test --all-targets --no-fail-fast

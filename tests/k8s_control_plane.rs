@@ -56,7 +56,16 @@ async fn ingress_crud_patch_apply_and_ordered_watch() {
     let client = plane.client().await;
     let api: Api<Ingress> = Api::namespaced(client, &ns);
 
+    // Watchers start on first poll: wait for the initial (empty) list
+    // before changing anything, so every change arrives as an event.
     let mut events = watcher::watcher(api.clone(), watcher::Config::default()).boxed();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.next()).await.expect("initial list") {
+            Some(Ok(Event::InitDone)) => break,
+            Some(_) => continue,
+            None => panic!("watch stream ended"),
+        }
+    }
 
     api.create(&PostParams::default(), &ingress("one", "one.example.com")).await.expect("create");
     let listed = api.list(&ListParams::default()).await.expect("list");

@@ -45,9 +45,23 @@ pub fn helm() -> PathBuf {
 }
 
 /// The control plane shared by every test in this binary.
+/// A start-up failure is remembered, so the other tests fail at once with
+/// the same message instead of each starting (and failing) its own.
 pub fn shared() -> &'static ControlPlane {
-    static PLANE: OnceLock<ControlPlane> = OnceLock::new();
-    PLANE.get_or_init(ControlPlane::start)
+    static PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+    let plane = PLANE.get_or_init(|| {
+        std::panic::catch_unwind(ControlPlane::start).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "control plane failed to start".into())
+        })
+    });
+    match plane {
+        Ok(plane) => plane,
+        Err(message) => panic!("{message}"),
+    }
 }
 
 pub struct ControlPlane {
@@ -104,6 +118,7 @@ struct Pki {
     serving: (String, String),
     admin: (String, String),
     service_account_key: String,
+    service_account_pub: String,
 }
 
 fn make_pki() -> Pki {
@@ -134,6 +149,7 @@ fn make_pki() -> Pki {
         serving: (serving_cert.pem(), serving_key.serialize_pem()),
         admin: (admin_cert.pem(), admin_key.serialize_pem()),
         service_account_key: sa.serialize_pem(),
+        service_account_pub: sa.public_key_pem(),
     }
 }
 
@@ -172,6 +188,7 @@ impl ControlPlane {
         let serving_cert = write("apiserver.pem", &pki.serving.0);
         let serving_key = write("apiserver-key.pem", &pki.serving.1);
         let sa_key = write("sa-key.pem", &pki.service_account_key);
+        let sa_pub = write("sa-pub.pem", &pki.service_account_pub);
 
         let etcd_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
         let peer = free_port();
@@ -206,7 +223,7 @@ impl ControlPlane {
             format!("--tls-cert-file={}", serving_cert.display()),
             format!("--tls-private-key-file={}", serving_key.display()),
             format!("--client-ca-file={}", ca.display()),
-            format!("--service-account-key-file={}", sa_key.display()),
+            format!("--service-account-key-file={}", sa_pub.display()),
             format!("--service-account-signing-key-file={}", sa_key.display()),
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
             "--service-cluster-ip-range=10.96.0.0/16".into(),
@@ -259,6 +276,18 @@ impl ControlPlane {
     fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
+            let exited = match self.apiserver.lock().expect("apiserver lock").as_mut() {
+                Some(child) => child.try_wait().ok().flatten(),
+                None => None,
+            };
+            if let Some(status) = exited {
+                let log = std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "kube-apiserver exited ({status}) before it was ready\n--- log tail ---\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             let out = Command::new(kubectl())
                 .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
                 .args(["get", "--raw=/readyz", "--request-timeout=2s"])
