@@ -212,3 +212,24 @@ async fn service_account_needs_a_role_to_list_ingresses() {
         other => panic!("create must be forbidden, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_talks_to_the_cluster_with_the_kubeconfig() {
+    let plane = control_plane::shared();
+    let ns = plane.namespace("helm").await;
+    let out = std::process::Command::new(control_plane::helm())
+        .args(["list", "--namespace", &ns, "--output", "json", "--kubeconfig"])
+        .arg(&plane.kubeconfig)
+        .output()
+        .expect("run helm");
+    assert!(out.status.success(), "helm list: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]", "a fresh namespace has no releases");
+    let version = std::process::Command::new(control_plane::helm()).arg("version").output().expect("helm version");
+    assert!(String::from_utf8_lossy(&version.stdout).contains("Version:\"v4.3.1\""), "pinned helm version");
+    // The server reports its real release, so charts' kubeVersion checks work.
+    let (ok, out, err) = plane.kubectl(&["version", "-o", "json"], None);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("version json");
+    assert_eq!(v["serverVersion"]["gitVersion"], "v1.36.3");
+    assert_eq!(v["clientVersion"]["gitVersion"], "v1.36.3");
+}
