@@ -163,7 +163,7 @@ fn routes(path: &Path, output: Output) -> ExitCode {
                 Action::Respond(d) => ("respond", vec![format!("{} {}", d.status, d.content_type)]),
             };
             let mut flags = Vec::new();
-            if r.allow_public_unauthenticated_access {
+            if r.policy.is_public() {
                 flags.push("public");
             }
             if r.allow_websockets {

@@ -3,6 +3,7 @@
 //! Data flows one way: config source → [`config::RouteSpec`] →
 //! [`routes::RouteTable`] → the per-request pipeline in [`proxy`].
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod proxy;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::config::{self, Config, reload};
 use crate::proxy::tls::{CertResolver, TlsError, server_config};
 use crate::proxy::{self, Proxy, Transport};
@@ -44,7 +45,11 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
     }
     tracing::info!(routes = table.len(), config = %config_path.display(), "route table compiled");
     let routes = Arc::new(Routes::new(table));
-    let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone()));
+    let (auth, warnings) = Auth::new(&settings.auth, settings.insecure_server);
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone(), Arc::new(auth)));
 
     let stop = CancellationToken::new();
     let main = telemetry::bind(settings.address, "address").await?;
@@ -146,6 +151,7 @@ fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settin
         ("http_redirect_addr", old.http_redirect_addr != new.http_redirect_addr),
         ("insecure_server", old.insecure_server != new.insecure_server),
         ("metrics_address", old.metrics_address != new.metrics_address),
+        ("sign-in and cookie settings", old.auth != new.auth),
     ];
     for (key, differs) in changed {
         if differs {

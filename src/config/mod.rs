@@ -22,7 +22,10 @@ use serde_json::Value;
 
 pub(crate) use raw::parse_duration;
 use raw::{KeyScope, RawRoute, RawSettings};
-pub use spec::{CertifiedKey, DirectResponse, Origin, Problem, RouteSpec, Settings};
+pub use spec::{
+    AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, Origin, Problem, RouteSpec, SameSite,
+    Secret, Settings,
+};
 pub use yaml::SourceMap;
 
 /// Why a config file could not be used at all.
@@ -226,7 +229,145 @@ impl Loader {
                 _ => bad(&format!("certificates[{i}]"), "needs both `cert` and `key` (file paths or PEM)".into()),
             }
         }
+        settings.auth = self.auth_settings(&raw, &mut bad);
         Some(settings)
+    }
+
+    /// Sign-in settings. Secrets may come inline or from `*_file` keys.
+    fn auth_settings(&self, raw: &RawSettings, bad: &mut impl FnMut(&str, String)) -> AuthSettings {
+        let mut auth = AuthSettings::default();
+        if let Some(url) = &raw.authenticate_service_url {
+            match absolute_https_origin(url) {
+                Ok(u) => auth.authenticate_service_url = Some(u),
+                Err(e) => bad("authenticate_service_url", e),
+            }
+        }
+        let client_secret =
+            self.secret_value("idp_client_secret", &raw.idp_client_secret, &raw.idp_client_secret_file, bad);
+        match (&raw.idp_provider_url, &raw.idp_client_id) {
+            (Some(url), Some(id)) => {
+                if let Some(p) = &raw.idp_provider
+                    && p != "oidc"
+                {
+                    bad("idp_provider", format!("{p:?} is not supported; use `oidc` (any OpenID Connect provider)"));
+                }
+                if !(url.starts_with("https://") || url.starts_with("http://")) {
+                    bad("idp_provider_url", format!("{url:?} is not an http or https URL"));
+                }
+                match client_secret {
+                    Some(secret) => {
+                        auth.idp = Some(IdpSettings {
+                            provider_url: url.trim_end_matches('/').to_string(),
+                            client_id: id.clone(),
+                            client_secret: Secret(secret.into_bytes()),
+                            scopes: raw
+                                .idp_scopes
+                                .clone()
+                                .unwrap_or_else(|| ["openid", "profile", "email"].map(String::from).to_vec()),
+                        });
+                        if auth.authenticate_service_url.is_none() {
+                            bad(
+                                "authenticate_service_url",
+                                "is required when an identity provider is configured".into(),
+                            );
+                        }
+                    }
+                    None => {
+                        bad("idp_client_secret", "is required with idp_client_id (or idp_client_secret_file)".into())
+                    }
+                }
+            }
+            (Some(_), None) => bad("idp_client_id", "is required with idp_provider_url".into()),
+            (None, Some(_)) => bad("idp_provider_url", "is required with idp_client_id".into()),
+            (None, None) => {}
+        }
+        if let Some(name) = &raw.cookie_name {
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)) {
+                bad("cookie_name", format!("{name:?} is not a valid cookie name"));
+            } else {
+                auth.cookie.name = name.clone();
+            }
+        }
+        auth.cookie.domain = raw.cookie_domain.clone();
+        if let Some(h) = raw.cookie_http_only {
+            auth.cookie.http_only = h;
+        }
+        if let Some(s) = &raw.cookie_same_site {
+            match s.to_ascii_lowercase().as_str() {
+                "lax" => auth.cookie.same_site = SameSite::Lax,
+                "strict" => auth.cookie.same_site = SameSite::Strict,
+                "none" => auth.cookie.same_site = SameSite::None,
+                _ => bad("cookie_same_site", format!("{s:?} must be lax, strict or none")),
+            }
+        }
+        if let Some(e) = raw.cookie_expire {
+            auth.cookie.expire = e;
+        }
+        if let Some(secret) = self.secret_value("cookie_secret", &raw.cookie_secret, &raw.cookie_secret_file, bad) {
+            use base64::Engine as _;
+            let trimmed = secret.trim();
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(trimmed)
+                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed));
+            match decoded {
+                Ok(bytes) if bytes.len() == 32 => auth.cookie_secret = Some(Secret(bytes)),
+                Ok(bytes) => bad(
+                    "cookie_secret",
+                    format!(
+                        "must be 32 random bytes, base64-encoded (this is {} bytes); try `head -c32 /dev/urandom | base64`",
+                        bytes.len()
+                    ),
+                ),
+                Err(_) => bad("cookie_secret", "is not base64; try `head -c32 /dev/urandom | base64`".into()),
+            }
+        }
+        if let Some(pem) = self.secret_value("signing_key", &raw.signing_key, &raw.signing_key_file, bad) {
+            // Pomerium accepts the PEM base64-encoded as well.
+            let pem = if pem.contains("-----BEGIN") {
+                pem
+            } else {
+                use base64::Engine as _;
+                base64::engine::general_purpose::STANDARD
+                    .decode(pem.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or(pem)
+            };
+            if jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_err() {
+                bad("signing_key", "is not an EC P-256 private key in PEM form".into());
+            } else {
+                auth.signing_key = Some(Secret(pem.into_bytes()));
+            }
+        }
+        auth
+    }
+
+    /// A secret given inline (`key`) or in a file (`key_file`), not both.
+    fn secret_value(
+        &self,
+        key: &str,
+        inline: &Option<String>,
+        file: &Option<String>,
+        bad: &mut impl FnMut(&str, String),
+    ) -> Option<String> {
+        match (inline, file) {
+            (Some(_), Some(_)) => {
+                bad(&format!("{key}_file"), format!("set either {key} or {key}_file, not both"));
+                None
+            }
+            (Some(v), None) => Some(v.clone()),
+            (None, Some(f)) => {
+                let path = self.base.join(f);
+                match std::fs::read_to_string(&path) {
+                    Ok(v) => Some(v.trim_end().to_string()),
+                    Err(e) => {
+                        bad(&format!("{key}_file"), format!("cannot read {}: {e}", path.display()));
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        }
     }
 
     /// Reads a certificate chain and key; the error says which of the two failed.
@@ -318,6 +459,13 @@ impl Loader {
             tls_skip_verify: raw.tls_skip_verify,
             tls_custom_ca,
             allow_public_unauthenticated_access: raw.allow_public_unauthenticated_access,
+            allow_any_authenticated_user: raw.allow_any_authenticated_user,
+            allowed_users: raw.allowed_users,
+            allowed_domains: raw.allowed_domains,
+            policy: raw.policy,
+            pass_identity_headers: raw.pass_identity_headers,
+            cookie_domain: raw.cookie_domain,
+            cookie_http_only: raw.cookie_http_only,
         })
     }
 }
@@ -331,6 +479,20 @@ pub(crate) fn parse_listen_address(text: &str) -> Result<SocketAddr, String> {
     match candidate.to_socket_addrs() {
         Ok(mut addrs) => addrs.next().ok_or_else(|| format!("{text:?} resolves to no address")),
         Err(_) => Err(format!("{text:?} is not a listen address (use host:port or :port)")),
+    }
+}
+
+/// `https://host[:port]` with nothing after it (a trailing `/` is dropped).
+fn absolute_https_origin(text: &str) -> Result<String, String> {
+    let trimmed = text.trim_end_matches('/');
+    let uri: http::Uri = trimmed.parse().map_err(|_| format!("{text:?} is not a URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("https" | "http"), Some(a))
+            if !a.as_str().contains('@') && (uri.path() == "/" || uri.path().is_empty()) =>
+        {
+            Ok(trimmed.to_ascii_lowercase())
+        }
+        _ => Err(format!("{text:?} must be an https URL with a host and no path")),
     }
 }
 

@@ -25,6 +25,23 @@ pub(super) struct RawSettings {
     pub metrics_address: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     pub default_upstream_timeout: Option<Duration>,
+    pub authenticate_service_url: Option<String>,
+    pub idp_provider: Option<String>,
+    pub idp_provider_url: Option<String>,
+    pub idp_client_id: Option<String>,
+    pub idp_client_secret: Option<String>,
+    pub idp_client_secret_file: Option<String>,
+    pub idp_scopes: Option<Vec<String>>,
+    pub cookie_name: Option<String>,
+    pub cookie_secret: Option<String>,
+    pub cookie_secret_file: Option<String>,
+    pub cookie_domain: Option<String>,
+    pub cookie_http_only: Option<bool>,
+    pub cookie_same_site: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    pub cookie_expire: Option<Duration>,
+    pub signing_key: Option<String>,
+    pub signing_key_file: Option<String>,
     /// Declared so `routes` is a known key; `super::parse` takes the routes
     /// out first and checks them one at a time, so one bad route does not
     /// hide the others.
@@ -75,6 +92,18 @@ pub(super) struct RawRoute {
     pub tls_custom_ca_file: Option<String>,
     #[serde(default)]
     pub allow_public_unauthenticated_access: bool,
+    #[serde(default)]
+    pub allow_any_authenticated_user: bool,
+    #[serde(default)]
+    pub allowed_users: Vec<String>,
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
+    /// Pomerium policy language; checked by `auth::policy` at compile time.
+    pub policy: Option<serde_json::Value>,
+    #[serde(default)]
+    pub pass_identity_headers: bool,
+    pub cookie_domain: Option<String>,
+    pub cookie_http_only: Option<bool>,
 }
 
 #[derive(Deserialize)]

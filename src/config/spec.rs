@@ -33,6 +33,79 @@ pub struct Settings {
     pub metrics_address: Option<SocketAddr>,
     /// Upstream timeout for routes that do not set `timeout`.
     pub default_upstream_timeout: Duration,
+    /// Sign-in and sessions.
+    pub auth: AuthSettings,
+}
+
+/// Sign-in (OpenID Connect) and session settings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AuthSettings {
+    /// The central authenticate host, e.g. `https://authenticate.example.com`.
+    pub authenticate_service_url: Option<String>,
+    pub idp: Option<IdpSettings>,
+    pub cookie: CookieSettings,
+    /// 32 bytes from `cookie_secret`; `None`: generate one at start-up.
+    pub cookie_secret: Option<Secret>,
+    /// EC P-256 private key (PEM) for identity assertions; `None`: generate.
+    pub signing_key: Option<Secret>,
+}
+
+/// The OpenID provider Postern signs users in with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdpSettings {
+    pub provider_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
+}
+
+/// Session cookie attributes (routes may override domain and httpOnly).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CookieSettings {
+    pub name: String,
+    pub domain: Option<String>,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    pub expire: Duration,
+}
+
+impl Default for CookieSettings {
+    fn default() -> Self {
+        CookieSettings {
+            name: "_postern".into(),
+            domain: None,
+            http_only: true,
+            same_site: SameSite::Lax,
+            expire: Duration::from_secs(14 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Lax => "Lax",
+            SameSite::Strict => "Strict",
+            SameSite::None => "None",
+        }
+    }
+}
+
+/// Secret bytes: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Default for Settings {
@@ -45,6 +118,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             metrics_address: None,
             default_upstream_timeout: Duration::from_secs(30),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -97,6 +171,16 @@ pub struct RouteSpec {
     /// PEM bundle of CAs trusted for this route's https upstreams.
     pub tls_custom_ca: Option<String>,
     pub allow_public_unauthenticated_access: bool,
+    pub allow_any_authenticated_user: bool,
+    pub allowed_users: Vec<String>,
+    pub allowed_domains: Vec<String>,
+    /// Pomerium policy language, as parsed from the source.
+    pub policy: Option<serde_json::Value>,
+    pub pass_identity_headers: bool,
+    /// Overrides `cookie_domain` for this route's host.
+    pub cookie_domain: Option<String>,
+    /// Overrides `cookie_http_only` for this route's host.
+    pub cookie_http_only: Option<bool>,
 }
 
 /// A response Postern gives itself instead of forwarding.

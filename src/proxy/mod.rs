@@ -20,6 +20,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Auth;
 use crate::routes::Routes;
 use crate::telemetry::Metrics;
 use body::{ProxyBody, empty};
@@ -34,11 +35,12 @@ pub struct Proxy {
     pub routes: Arc<Routes>,
     pub metrics: Arc<Metrics>,
     pub certs: Arc<CertResolver>,
+    pub auth: Arc<Auth>,
 }
 
 impl Proxy {
-    pub fn new(routes: Arc<Routes>, metrics: Arc<Metrics>, certs: Arc<CertResolver>) -> Self {
-        Proxy { routes, metrics, certs }
+    pub fn new(routes: Arc<Routes>, metrics: Arc<Metrics>, certs: Arc<CertResolver>, auth: Arc<Auth>) -> Self {
+        Proxy { routes, metrics, certs, auth }
     }
 }
 

@@ -1,14 +1,15 @@
 //! The per-request pipeline: a fixed sequence of small phases.
 //!
-//! `target` (host and normalized path) → `select` (route lookup) →
-//! `authorize` → `act` (direct response or forward) → `finish` (route
+//! `target` (host and normalized path) → Postern's own endpoints (the
+//! authenticate host, `/.postern/*`) → `lookup` → `authorize` (session,
+//! policy) → `act` (direct response or forward) → `finish` (cookies, route
 //! response headers, accounting). Each phase is a plain function; only
-//! [`respond::error_response`] turns an error into a response.
+//! [`respond`](super::respond) turns an error into a response.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -16,42 +17,67 @@ use super::Proxy;
 use super::body::{Observed, ProxyBody, full};
 use super::forward::{self, Outbound, Peer};
 use super::respond::{ProxyError, error_response, is_navigation};
+use crate::auth::endpoints::{self, EndpointRequest, Reply};
+use crate::auth::{Authn, CredentialSource, policy, session};
 use crate::routes::{Action, Route, RouteTable, path};
 
-/// What the pipeline knows about one request, for logs and error pages.
+/// Largest form body Postern reads for its own endpoints (sign-out).
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// What the pipeline knows about one request, for logs, cookies and errors.
 pub(crate) struct RequestCtx {
     started: Instant,
     method: Method,
     host: String,
     path: String,
     navigation: bool,
+    /// `https` unless the client reached us over plain HTTP.
+    scheme: &'static str,
     route: Option<Arc<Route>>,
     upstream: Option<String>,
+    subject: Option<String>,
+    /// `Set-Cookie` values to add to whatever response is sent.
+    cookies: Vec<HeaderValue>,
 }
 
 /// Serves one request; never fails (errors become responses).
 pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>) -> Response<ProxyBody> {
     let table = proxy.routes.snapshot();
+    let peer = Peer { trusted: table.trusts(peer.ip), ..peer };
     let mut ctx = RequestCtx {
         started: Instant::now(),
         method: req.method().clone(),
         host: String::new(),
         path: req.uri().path().to_string(),
         navigation: is_navigation(req.headers()),
+        scheme: scheme(&req, peer),
         route: None,
         upstream: None,
+        subject: None,
+        cookies: Vec::new(),
     };
-    let peer = Peer { trusted: table.trusts(peer.ip), ..peer };
     let response = match run(&proxy, &table, peer, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(err) => {
-            if let ProxyError::BadPath(e) = &err {
-                tracing::debug!(http.path = %ctx.path, error = %e, "refused request path");
+            match &err {
+                ProxyError::BadPath(e) => tracing::debug!(http.path = %ctx.path, error = %e, "refused request path"),
+                ProxyError::Auth(e) => tracing::info!(http.host = %ctx.host, error = %e, "sign-in step refused"),
+                _ => {}
             }
             error_response(&err, ctx.navigation)
         }
     };
     finish(&proxy, ctx, response)
+}
+
+/// The scheme the client used: TLS to us, or a trusted proxy's word.
+fn scheme(req: &Request<Incoming>, peer: Peer) -> &'static str {
+    if peer.tls {
+        return "https";
+    }
+    let forwarded_https = peer.trusted
+        && req.headers().get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    if forwarded_https { "https" } else { "http" }
 }
 
 async fn run(
@@ -64,10 +90,24 @@ async fn run(
     let (host, port) = target(&req)?;
     ctx.host = host;
     ctx.path = path::normalize(req.uri().path())?;
+    if let Some(a) = &proxy.auth.authenticate
+        && a.host == ctx.host
+    {
+        let ereq = endpoint_request(ctx, req).await?;
+        let reply = endpoints::authenticate_host(&proxy.auth, table, ereq).await?;
+        return Ok(render(reply, ctx));
+    }
+    if endpoints::is_own_path(&ctx.path) {
+        let route = table.first_route_for_host(&ctx.host, port).ok_or(ProxyError::NoRoute)?.clone();
+        ctx.route = Some(route.clone());
+        let ereq = endpoint_request(ctx, req).await?;
+        let reply = endpoints::route_host(&proxy.auth, &route, table, ereq).await?;
+        return Ok(render(reply, ctx));
+    }
     let route = table.lookup(&ctx.host, port, &ctx.path).ok_or(ProxyError::NoRoute)?.clone();
     ctx.route = Some(route.clone());
-    authorize(&route, &req)?;
-    act(proxy, &route, peer, ctx, req).await
+    let authn = authorize(proxy, &route, ctx, &req).await?;
+    act(proxy, &route, peer, ctx, req, authn).await
 }
 
 /// Host (lowercase, no port) and port the request is for: the request
@@ -90,9 +130,62 @@ fn client_authority(req: &Request<Incoming>) -> Option<&str> {
     }
 }
 
-/// Policy. Until sign-in exists, only public routes are served.
-fn authorize(route: &Route, _req: &Request<Incoming>) -> Result<(), ProxyError> {
-    if route.allow_public_unauthenticated_access { Ok(()) } else { Err(ProxyError::Unauthenticated) }
+/// `scheme://authority` as the client sees this host.
+fn origin(ctx: &RequestCtx, req: &Request<Incoming>) -> String {
+    format!("{}://{}", ctx.scheme, client_authority(req).unwrap_or(&ctx.host))
+}
+
+/// A CORS preflight: `OPTIONS` with both `Origin` and `Access-Control-Request-Method`.
+fn is_preflight(req: &Request<Incoming>) -> bool {
+    req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// Policy: reads the session when the route needs one, then decides. No
+/// identity and not allowed → sign in; identity but not allowed → 403.
+async fn authorize(
+    proxy: &Proxy,
+    route: &Route,
+    ctx: &mut RequestCtx,
+    req: &Request<Incoming>,
+) -> Result<Authn, ProxyError> {
+    let public = route.policy.is_public();
+    let authn = if !public || route.pass_identity_headers {
+        proxy.auth.authenticate(req.headers()).await
+    } else {
+        Authn::default()
+    };
+    let cookie = endpoints::route_cookie(&proxy.auth, route);
+    if authn.ended {
+        ctx.cookies.push(cookie.clear());
+    }
+    if let Some(s) = &authn.session {
+        ctx.subject = Some(s.identity.subject.clone());
+        if authn.refreshed && authn.source == Some(CredentialSource::Cookie) {
+            ctx.cookies.push(cookie.set(&proxy.auth.seal_session(s), s.expires_at - crate::auth::now()));
+        }
+    }
+    let decision = route.policy.evaluate(&policy::Request {
+        identity: authn.session.as_ref().map(|s| &s.identity),
+        method: req.method().as_str(),
+        path: &ctx.path,
+        cors_preflight: is_preflight(req),
+    });
+    match (decision, &authn.session) {
+        (policy::Decision::Allow, _) => Ok(authn),
+        (policy::Decision::Deny, Some(_)) => Err(ProxyError::Forbidden),
+        (policy::Decision::Deny, None) => {
+            let here = format!("{}{}", origin(ctx, req), req.uri().path_and_query().map_or("/", |p| p.as_str()));
+            let can = proxy.auth.can_sign_in();
+            Err(ProxyError::Unauthenticated {
+                sign_in_url: can.then(|| {
+                    format!("{}/.postern/sign_in?redirect_uri={}", origin(ctx, req), endpoints::encode(&here))
+                }),
+                redirect: proxy.auth.sign_in_redirect(&here),
+            })
+        }
+    }
 }
 
 async fn act(
@@ -101,6 +194,7 @@ async fn act(
     peer: Peer,
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
+    authn: Authn,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let upstreams = match &route.action {
         Action::Respond(direct) => {
@@ -113,6 +207,21 @@ async fn act(
         }
         Action::Forward(upstreams) => upstreams,
     };
+    session::strip_credentials(
+        req.headers_mut(),
+        &proxy.auth.cookie.name,
+        authn.source == Some(CredentialSource::Authorization),
+    );
+    if route.pass_identity_headers
+        && let Some(s) = &authn.session
+    {
+        let jwt = proxy.auth.signer.assertion(&s.id, &route.name, &ctx.host, &route.from.host, &s.identity);
+        if let Ok(v) = HeaderValue::from_str(&jwt) {
+            req.headers_mut().insert(HeaderName::from_static("x-postern-jwt-assertion"), v.clone());
+            // Apps written for Pomerium verify this one.
+            req.headers_mut().insert(HeaderName::from_static("x-pomerium-jwt-assertion"), v);
+        }
+    }
     let client_upgrade =
         (route.allow_websockets && forward::upgrade_requested(&req).is_some()).then(|| hyper::upgrade::on(&mut req));
     let authority = client_authority(&req).unwrap_or(&ctx.host).to_string();
@@ -126,9 +235,64 @@ async fn act(
     Ok(resp.map(|b| b.map_err(Into::into).boxed()))
 }
 
-/// Applies the route's response headers (to every response, including our
-/// own errors) and wraps the body for the access log and metrics.
-fn finish(proxy: &Proxy, ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+/// Collects what an endpoint needs from the request (and a small form body).
+async fn endpoint_request<'a>(ctx: &'a RequestCtx, req: Request<Incoming>) -> Result<EndpointRequest<'a>, ProxyError> {
+    let origin = origin(ctx, &req);
+    let (parts, body) = req.into_parts();
+    let is_form = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/x-www-form-urlencoded"));
+    let form = if parts.method == Method::POST && is_form {
+        let bytes = http_body_util::Limited::new(body, FORM_LIMIT)
+            .collect()
+            .await
+            .map_err(|_| ProxyError::BodyTooLarge)?
+            .to_bytes();
+        endpoints::query_pairs(&String::from_utf8_lossy(&bytes))
+    } else {
+        Vec::new()
+    };
+    Ok(EndpointRequest {
+        method: parts.method,
+        path: &ctx.path,
+        query: parts.uri.query().map(str::to_string),
+        headers: parts.headers,
+        origin,
+        host: &ctx.host,
+        form,
+        navigation: ctx.navigation,
+    })
+}
+
+/// Turns an endpoint's reply into a response.
+fn render(reply: Reply, ctx: &mut RequestCtx) -> Response<ProxyBody> {
+    let (status, content_type, body, location, cookies) = match reply {
+        Reply::Redirect { location, cookies } => (StatusCode::FOUND, None, String::new(), Some(location), cookies),
+        Reply::Page { status, html, cookies } => (status, Some("text/html; charset=utf-8"), html, None, cookies),
+        Reply::Json { status, body } => (status, Some("application/json"), format!("{body}\n"), None, vec![]),
+        Reply::Text { content_type, body } => (StatusCode::OK, Some(content_type), body, None, vec![]),
+    };
+    ctx.cookies.extend(cookies);
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    if let Some(ct) = content_type {
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+    }
+    if let Some(l) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        resp.headers_mut().insert(header::LOCATION, l);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Adds cookies and the route's response headers (to every response,
+/// including our own errors), and wraps the body for the access log and
+/// metrics.
+fn finish(proxy: &Proxy, mut ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    for cookie in ctx.cookies.drain(..) {
+        resp.headers_mut().append(header::SET_COOKIE, cookie);
+    }
     if let Some(route) = &ctx.route {
         for (name, value) in &route.set_response_headers {
             resp.headers_mut().insert(name.clone(), value.clone());
@@ -148,6 +312,7 @@ fn finish(proxy: &Proxy, ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Resp
             http.status = status,
             route.name = route,
             upstream = ctx.upstream.as_deref().unwrap_or(""),
+            auth.subject = ctx.subject.as_deref().unwrap_or(""),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             http.bytes = bytes,
             navigation = ctx.navigation,

@@ -7,6 +7,7 @@
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use super::body::{ProxyBody, full};
+use crate::auth::{AuthError, OidcError};
 use crate::routes::path::PathError;
 
 /// Why the proxy answered a request itself.
@@ -20,9 +21,19 @@ pub(crate) enum ProxyError {
     NoHost,
     #[error("no route for this host and path")]
     NoRoute,
-    /// The route needs a signed-in user and there is none.
+    /// The route needs a signed-in user and there is none. Browsers are
+    /// sent to `redirect`; API clients get `sign_in_url` in the body.
     #[error("sign-in required")]
-    Unauthenticated,
+    Unauthenticated { sign_in_url: Option<String>, redirect: Option<String> },
+    /// Signed in, but the route's policy does not allow this user.
+    #[error("access denied")]
+    Forbidden,
+    /// A sign-in step failed (see the auth error for whose fault).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A form body for one of Postern's endpoints was too large.
+    #[error("request body too large")]
+    BodyTooLarge,
     /// The upstream did not send response headers within the route timeout.
     #[error("upstream timed out")]
     UpstreamTimeout,
@@ -39,7 +50,16 @@ impl ProxyError {
         match self {
             ProxyError::BadPath(_) | ProxyError::NoHost => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
-            ProxyError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            ProxyError::Forbidden => StatusCode::FORBIDDEN,
+            ProxyError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::Auth(e) => match e {
+                AuthError::BadRequest(_) | AuthError::Redirect(_) => StatusCode::BAD_REQUEST,
+                AuthError::Csrf => StatusCode::FORBIDDEN,
+                AuthError::NotConfigured => StatusCode::NOT_IMPLEMENTED,
+                AuthError::Oidc(OidcError::Refused(_) | OidcError::BadIdToken(_)) => StatusCode::BAD_REQUEST,
+                AuthError::Oidc(_) => StatusCode::BAD_GATEWAY,
+            },
             ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamUnavailable | ProxyError::UpstreamFailed => StatusCode::BAD_GATEWAY,
         }
@@ -51,7 +71,12 @@ impl ProxyError {
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::NoHost => "no_host",
             ProxyError::NoRoute => "not_found",
-            ProxyError::Unauthenticated => "unauthenticated",
+            ProxyError::Unauthenticated { .. } => "unauthenticated",
+            ProxyError::Forbidden => "forbidden",
+            ProxyError::BodyTooLarge => "body_too_large",
+            ProxyError::Auth(AuthError::Csrf) => "csrf",
+            ProxyError::Auth(AuthError::Oidc(_)) => "sign_in_failed",
+            ProxyError::Auth(_) => "bad_sign_in_request",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::UpstreamUnavailable => "upstream_unavailable",
             ProxyError::UpstreamFailed => "upstream_failed",
@@ -91,12 +116,29 @@ fn prefers_html(headers: &HeaderMap) -> bool {
 
 /// Renders `err` as an HTML page for a browser navigation, JSON otherwise.
 pub(crate) fn error_response(err: &ProxyError, navigation: bool) -> Response<ProxyBody> {
+    if let ProxyError::Unauthenticated { redirect: Some(location), .. } = err
+        && navigation
+        && let Ok(location) = HeaderValue::from_str(location)
+    {
+        let mut resp = Response::new(super::body::empty());
+        *resp.status_mut() = StatusCode::FOUND;
+        resp.headers_mut().insert(header::LOCATION, location);
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return resp;
+    }
     let status = err.status();
-    let message = err.to_string();
+    // Sign-in errors name the step, never a token or an upstream address.
+    let message = match err {
+        ProxyError::Auth(AuthError::Oidc(_)) => "sign-in with the identity provider failed".to_string(),
+        other => other.to_string(),
+    };
     let (content_type, body) = if navigation {
         ("text/html; charset=utf-8", html_page(status, &message))
     } else {
-        let json = serde_json::json!({ "error": err.code(), "message": message, "status": status.as_u16() });
+        let mut json = serde_json::json!({ "error": err.code(), "message": message, "status": status.as_u16() });
+        if let ProxyError::Unauthenticated { sign_in_url: Some(url), .. } = err {
+            json["sign_in_url"] = serde_json::Value::String(url.clone());
+        }
         ("application/json", format!("{json}\n"))
     };
     let mut resp = Response::new(full(body));

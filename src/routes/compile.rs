@@ -10,6 +10,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams};
+use crate::auth::policy::{Policy, PolicySpec};
 use crate::config::{Problem, RouteSpec, Settings};
 
 /// Headers a route may not set or remove: the proxy owns them.
@@ -112,6 +113,18 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
     };
     let idle_timeout = spec.idle_timeout.filter(|t| !t.is_zero());
 
+    let policy = Policy::compile(&PolicySpec {
+        allow_public_unauthenticated_access: spec.allow_public_unauthenticated_access,
+        allow_any_authenticated_user: spec.allow_any_authenticated_user,
+        allowed_users: &spec.allowed_users,
+        allowed_domains: &spec.allowed_domains,
+        policy: spec.policy.as_ref(),
+    })
+    .map_err(|e| Problem::new(origin, Some(&e.path), e.message))?;
+    if let Some(domain) = &spec.cookie_domain {
+        check_cookie_domain(domain, &from.host).map_err(|m| bad("cookie_domain", m))?;
+    }
+
     Ok(Route {
         name: format!("{}{}", from.host, rule_label(&rule)),
         origin: spec.origin.clone(),
@@ -126,8 +139,26 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         timeout,
         idle_timeout,
         allow_websockets: spec.allow_websockets,
-        allow_public_unauthenticated_access: spec.allow_public_unauthenticated_access,
+        policy,
+        pass_identity_headers: spec.pass_identity_headers,
+        cookie_domain: spec.cookie_domain.clone(),
+        cookie_http_only: spec.cookie_http_only,
     })
+}
+
+/// A cookie `Domain` the browser will accept for `host`: the host itself
+/// or a parent of it (a leading `.` is allowed, as browsers ignore it).
+fn check_cookie_domain(domain: &str, host: &str) -> Result<(), String> {
+    let bare = domain.trim_start_matches('.').to_ascii_lowercase();
+    if bare.is_empty() || !bare.contains('.') && bare != "localhost" {
+        return Err(format!("{domain:?} is not a domain a browser accepts for cookies"));
+    }
+    let host = host.trim_start_matches("*.");
+    if host == bare || host.ends_with(&format!(".{bare}")) {
+        Ok(())
+    } else {
+        Err(format!("{domain:?} does not cover the route host {host:?}; browsers would drop the cookie"))
+    }
 }
 
 fn rule_label(rule: &PathRule) -> String {

@@ -71,6 +71,19 @@ impl RouteTable {
         pick(routes).map(|i| &routes[i])
     }
 
+    /// Some route on `host` (for Postern's own endpoints, which every route
+    /// host serves whatever its path rules).
+    pub fn first_route_for_host(&self, host: &str, port: Option<u16>) -> Option<&Arc<Route>> {
+        fn on_port(routes: &[Arc<Route>], port: Option<u16>) -> Option<&Arc<Route>> {
+            routes.iter().find(|r| r.from.port.is_none() || r.from.port == port)
+        }
+        if let Some(r) = self.exact.get(host).and_then(|routes| on_port(routes, port)) {
+            return Some(r);
+        }
+        let parent = host.split_once('.')?.1;
+        self.wildcard.get(parent).and_then(|routes| on_port(routes, port))
+    }
+
     /// Whether any route serves `host` (for the redirect listener and TLS).
     pub fn has_host(&self, host: &str) -> bool {
         self.exact.contains_key(host)

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue};
 use regex::Regex;
 use rustls_pki_types::CertificateDer;
 
+use crate::auth::policy::Policy;
 use crate::config::{DirectResponse, Origin};
 
 /// One route of the table. Immutable; shared by every request that matches.
@@ -30,7 +31,13 @@ pub struct Route {
     /// Longest silence on a streamed body or upgraded connection; `None` disables.
     pub idle_timeout: Option<Duration>,
     pub allow_websockets: bool,
-    pub allow_public_unauthenticated_access: bool,
+    /// Who may use the route (Pomerium's policy keys, compiled).
+    pub(crate) policy: Policy,
+    /// Send `X-Postern-Jwt-Assertion` upstream.
+    pub pass_identity_headers: bool,
+    /// Overrides of the global cookie settings for this route's host.
+    pub cookie_domain: Option<String>,
+    pub cookie_http_only: Option<bool>,
 }
 
 /// The `from` URL: which requests this route is for.

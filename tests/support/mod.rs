@@ -2,6 +2,7 @@
 //! upstream servers on loopback, a real TLS client.
 #![allow(dead_code)]
 
+pub mod idp;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};

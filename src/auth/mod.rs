@@ -1,0 +1,294 @@
+//! Sign-in, sessions, policy and identity assertions.
+//!
+//! The flow (as Pomerium's, so IdP registrations carry over): a route host
+//! without a session sends the browser to the authenticate host with a
+//! sealed, short-lived sign-in request; the authenticate host runs the
+//! OpenID Connect code flow (PKCE, state, nonce) against the IdP at
+//! `/oauth2/callback`, keeps its own session, and hands the session back
+//! to the route host's `/.postern/callback` in a sealed token bound to that
+//! host and usable once. The route host sets its cookie and sends the user
+//! on to where they were going.
+
+mod assertion;
+pub(crate) mod endpoints;
+pub mod identity;
+mod oidc;
+pub(crate) mod policy;
+pub(crate) mod redirect;
+mod seal;
+pub(crate) mod session;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+
+pub use identity::Identity;
+pub(crate) use oidc::OidcError;
+pub(crate) use seal::{Purpose, Sealer};
+pub(crate) use session::{CookieAttrs, CredentialSource, Session};
+
+use crate::config::{AuthSettings, CookieSettings};
+use assertion::Signer;
+use oidc::Oidc;
+
+/// Name of the authenticate host's own session cookie (host-only there).
+pub(crate) const AUTHENTICATE_COOKIE_SUFFIX: &str = "_authenticate";
+/// Login-CSRF cookie on the authenticate host, bound into `state`.
+pub(crate) const CSRF_COOKIE_SUFFIX: &str = "_csrf";
+/// How long a sign-in request and an OAuth round trip may take.
+const SIGN_IN_TTL: i64 = 600;
+/// How long a callback token is valid: one redirect.
+const CALLBACK_TTL: i64 = 60;
+
+/// Unix seconds now.
+pub(crate) fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a sign-in step failed; `proxy::respond` maps these to responses.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthError {
+    /// A sign-in request, state or callback token that is missing, forged,
+    /// expired, replayed or for another host (the client's fault).
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The return URL is not on a configured host.
+    #[error("refused redirect: {0}")]
+    Redirect(#[from] redirect::RedirectError),
+    /// Sign-out without the session's CSRF token.
+    #[error("missing or wrong CSRF token")]
+    Csrf,
+    /// No identity provider configured, so nobody can sign in.
+    #[error("sign-in is not configured (set idp_provider_url and authenticate_service_url)")]
+    NotConfigured,
+    #[error("sign-in failed: {0}")]
+    Oidc(#[from] OidcError),
+}
+
+/// What a route host asks the authenticate host to do (sealed, `SignIn`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SignInRequest {
+    pub return_url: String,
+    pub exp: i64,
+}
+
+/// Carried through the IdP in `state` (sealed, `State`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct OAuthState {
+    pub return_url: String,
+    pub pkce_verifier: String,
+    pub nonce: String,
+    /// Must equal the login-CSRF cookie: the callback is for this browser.
+    pub csrf: String,
+    pub exp: i64,
+}
+
+/// The session, handed to one route host once (sealed, `Callback`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct CallbackToken {
+    pub session: Session,
+    /// The only host that may redeem it.
+    pub host: String,
+    pub return_url: String,
+    pub exp: i64,
+    pub jti: String,
+}
+
+/// Sign-out hand-off to the authenticate host (sealed, `SignOut`).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct SignOutRequest {
+    pub exp: i64,
+}
+
+/// The authenticate host, parsed from `authenticate_service_url`.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthenticateHost {
+    /// `https://authenticate.example.com[:port]`, no trailing slash.
+    pub url: String,
+    /// Lowercase host, no port.
+    pub host: String,
+}
+
+/// Everything sign-in needs at runtime. Built once at start-up.
+pub struct Auth {
+    pub(crate) sealer: Sealer,
+    pub(crate) signer: Signer,
+    oidc: Option<Oidc>,
+    pub(crate) authenticate: Option<AuthenticateHost>,
+    pub(crate) cookie: CookieSettings,
+    /// Cookies get `Secure` unless Postern serves plain HTTP.
+    pub(crate) secure_cookies: bool,
+    /// Callback tokens already redeemed (jti → exp), so each works once.
+    redeemed: Mutex<HashMap<String, i64>>,
+}
+
+/// A request's session, after reading its credential.
+#[derive(Debug, Default)]
+pub(crate) struct Authn {
+    pub session: Option<Session>,
+    pub source: Option<CredentialSource>,
+    /// The session was refreshed: the route host must set the new cookie.
+    pub refreshed: bool,
+    /// A credential was sent but is no longer valid: clear the cookie.
+    pub ended: bool,
+}
+
+impl Auth {
+    /// Builds the runtime from settings. Missing `cookie_secret` or
+    /// `signing_key` are generated; the returned warnings say so.
+    pub fn new(settings: &AuthSettings, insecure_server: bool) -> (Auth, Vec<String>) {
+        let mut warnings = Vec::new();
+        let secret = match &settings.cookie_secret {
+            Some(s) => s.0.clone(),
+            None => {
+                warnings.push(
+                    "cookie_secret is not set: using a random one, so sessions will not survive a restart \
+                     and will not be shared between replicas"
+                        .to_string(),
+                );
+                let mut b = [0u8; 32];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).expect("system randomness");
+                b.to_vec()
+            }
+        };
+        let signer = match &settings.signing_key {
+            Some(pem) => Signer::from_pem(&pem.0).unwrap_or_else(|e| {
+                // Config validation already parsed this key.
+                warnings.push(format!("signing_key unusable ({e}); using a random one"));
+                Signer::generate()
+            }),
+            None => {
+                warnings.push(
+                    "signing_key is not set: identity assertions are signed with a random key that changes \
+                     on every restart and differs between replicas"
+                        .to_string(),
+                );
+                Signer::generate()
+            }
+        };
+        let authenticate = settings.authenticate_service_url.as_ref().and_then(|url| {
+            let uri: http::Uri = url.parse().ok()?;
+            Some(AuthenticateHost { url: url.clone(), host: uri.host()?.to_ascii_lowercase() })
+        });
+        let oidc = match (&settings.idp, &authenticate) {
+            (Some(idp), Some(a)) => Some(Oidc::new(idp.clone(), &a.url)),
+            _ => None,
+        };
+        let auth = Auth {
+            sealer: Sealer::new(&secret),
+            signer,
+            oidc,
+            authenticate,
+            cookie: settings.cookie.clone(),
+            secure_cookies: !insecure_server,
+            redeemed: Mutex::new(HashMap::new()),
+        };
+        (auth, warnings)
+    }
+
+    pub(crate) fn jwks(&self) -> &str {
+        self.signer.jwks()
+    }
+
+    pub(crate) fn can_sign_in(&self) -> bool {
+        self.oidc.is_some()
+    }
+
+    fn oidc(&self) -> Result<&Oidc, AuthError> {
+        self.oidc.as_ref().ok_or(AuthError::NotConfigured)
+    }
+
+    /// Reads and checks the request's session; refreshes it through the
+    /// IdP when its ID token has expired and a refresh token is at hand.
+    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Authn {
+        let Some((token, source)) = session::credential(headers, &self.cookie.name) else {
+            return Authn::default();
+        };
+        let session: Session = match self.sealer.open(Purpose::Session, token) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(error = %e, "session credential rejected");
+                return Authn { ended: source == CredentialSource::Cookie, ..Authn::default() };
+            }
+        };
+        let now = now();
+        if session.expires_at <= now {
+            tracing::debug!(auth.subject = %session.identity.subject, "session expired");
+            return Authn { ended: source == CredentialSource::Cookie, ..Authn::default() };
+        }
+        if session.id_token_expires_at > now {
+            return Authn { session: Some(session), source: Some(source), ..Authn::default() };
+        }
+        // Only a cookie can carry the refreshed session back, and IdPs
+        // rotate refresh tokens: refreshing for a header credential would
+        // spend the token the cookie still holds. Without a refresh token,
+        // or for header credentials, the session lasts until cookie_expire.
+        let (Some(refresh_token), Ok(oidc), CredentialSource::Cookie) = (&session.refresh_token, self.oidc(), source)
+        else {
+            return Authn { session: Some(session), source: Some(source), ..Authn::default() };
+        };
+        match oidc.refresh(refresh_token, &session.identity).await {
+            Ok(tokens) => {
+                tracing::debug!(auth.subject = %session.identity.subject, "session refreshed");
+                let refreshed = Session {
+                    identity: tokens.identity,
+                    id_token_expires_at: tokens.expires_at,
+                    refresh_token: tokens.refresh_token,
+                    ..session
+                };
+                Authn { session: Some(refreshed), source: Some(source), refreshed: true, ended: false }
+            }
+            Err(OidcError::Refused(reason)) => {
+                tracing::info!(auth.subject = %session.identity.subject, reason = %reason, "refresh refused; session ended");
+                Authn { ended: source == CredentialSource::Cookie, ..Authn::default() }
+            }
+            Err(e) => {
+                // An IdP outage should not sign everybody out: keep the
+                // session (it still ends at cookie_expire) and retry later.
+                tracing::warn!(error = %e, "session refresh failed; keeping the session for now");
+                Authn { session: Some(session), source: Some(source), ..Authn::default() }
+            }
+        }
+    }
+
+    /// The URL a route host sends a browser to, to sign in and come back
+    /// to `return_url`.
+    pub(crate) fn sign_in_redirect(&self, return_url: &str) -> Option<String> {
+        let a = self.authenticate.as_ref().filter(|_| self.can_sign_in())?;
+        let request = SignInRequest { return_url: return_url.to_string(), exp: now() + SIGN_IN_TTL };
+        Some(format!("{}/.postern/sign_in?r={}", a.url, self.sealer.seal(Purpose::SignIn, &request)))
+    }
+
+    pub(crate) fn seal_session(&self, session: &Session) -> String {
+        self.sealer.seal(Purpose::Session, session)
+    }
+
+    /// Marks a callback token used; false if it was used before.
+    fn redeem(&self, jti: &str, exp: i64) -> bool {
+        let mut redeemed = self.redeemed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now();
+        if redeemed.len() > 10_000 {
+            redeemed.retain(|_, e| *e > now);
+        }
+        redeemed.insert(jti.to_string(), exp).is_none()
+    }
+
+    /// Cookie attributes for the authenticate host's own cookies.
+    pub(crate) fn authenticate_cookie<'a>(&self, name: &'a str) -> CookieAttrs<'a> {
+        CookieAttrs {
+            name,
+            domain: None,
+            http_only: true,
+            same_site: crate::config::SameSite::Lax,
+            secure: self.secure_cookies,
+        }
+    }
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("authenticate", &self.authenticate).finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,209 @@
+//! The session: what the cookie (or an authorization header) carries, and
+//! how Postern reads and writes it on the wire.
+
+use http::header::{self, HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+use super::identity::Identity;
+use crate::config::SameSite;
+
+/// One signed-in user. Stateless: the whole session lives, encrypted, in
+/// the cookie, so any Postern with the same `cookie_secret` accepts it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Session {
+    /// Random; keys the assertion cache and the sign-out CSRF token.
+    pub id: String,
+    pub identity: Identity,
+    /// Unix seconds.
+    pub issued_at: i64,
+    /// End of the session (`cookie_expire` after sign-in).
+    pub expires_at: i64,
+    /// When the ID token expires; past it, the session is refreshed.
+    pub id_token_expires_at: i64,
+    pub refresh_token: Option<String>,
+}
+
+/// Where the credential of a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CredentialSource {
+    Cookie,
+    /// `X-Postern-Authorization` or `X-Pomerium-Authorization`.
+    TokenHeader,
+    /// `Authorization: Bearer` or `Authorization: Pomerium`.
+    Authorization,
+}
+
+/// Headers that may carry a session token in place of the cookie, in the
+/// order they are tried. `Authorization` takes `Bearer` or `Pomerium`.
+const TOKEN_HEADERS: [&str; 2] = ["x-postern-authorization", "x-pomerium-authorization"];
+
+/// The session token sent with a request, if any.
+pub(crate) fn credential<'a>(headers: &'a HeaderMap, cookie_name: &str) -> Option<(&'a str, CredentialSource)> {
+    for name in TOKEN_HEADERS {
+        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
+            let v = v.trim();
+            let v = v.strip_prefix("Pomerium ").or_else(|| v.strip_prefix("Bearer ")).unwrap_or(v);
+            if !v.is_empty() {
+                return Some((v, CredentialSource::TokenHeader));
+            }
+        }
+    }
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if let Some(token) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("Pomerium ")) {
+            return Some((token.trim(), CredentialSource::Authorization));
+        }
+    }
+    cookie_value(headers, cookie_name).map(|v| (v, CredentialSource::Cookie))
+}
+
+/// The value of cookie `name` in the request's `Cookie` header(s).
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Removes Postern's credentials before a request goes upstream: its
+/// cookie (other cookies stay), the token headers, an `Authorization`
+/// that carried a session token, and every client-sent `X-Postern-*` and
+/// `X-Pomerium-*` header (identity headers are Postern's to set).
+pub(crate) fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, authorization_was_ours: bool) {
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != cookie_name))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !cookies.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+    if authorization_was_ours {
+        headers.remove(header::AUTHORIZATION);
+    }
+    let ours: Vec<header::HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-postern-") || k.as_str().starts_with("x-pomerium-"))
+        .cloned()
+        .collect();
+    for name in ours {
+        headers.remove(name);
+    }
+}
+
+/// Attributes of the session cookie on one host.
+#[derive(Debug, Clone)]
+pub(crate) struct CookieAttrs<'a> {
+    pub name: &'a str,
+    pub domain: Option<&'a str>,
+    pub http_only: bool,
+    pub same_site: SameSite,
+    pub secure: bool,
+}
+
+impl CookieAttrs<'_> {
+    /// `Set-Cookie` for `value`, living `max_age` seconds.
+    pub(crate) fn set(&self, value: &str, max_age: i64) -> HeaderValue {
+        let mut s = format!("{}={value}; Path=/; Max-Age={}", self.name, max_age.max(0));
+        if let Some(d) = self.domain {
+            s.push_str("; Domain=");
+            s.push_str(d);
+        }
+        if self.secure {
+            s.push_str("; Secure");
+        }
+        if self.http_only {
+            s.push_str("; HttpOnly");
+        }
+        s.push_str("; SameSite=");
+        s.push_str(self.same_site.as_str());
+        HeaderValue::from_str(&s).expect("cookie values are base64url and attributes are validated")
+    }
+
+    /// `Set-Cookie` that deletes the cookie.
+    pub(crate) fn clear(&self) -> HeaderValue {
+        self.set("", 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn token_from_every_accepted_place() {
+        let name = "_postern";
+        assert_eq!(
+            credential(&headers(&[("cookie", "a=1; _postern=tok; b=2")]), name),
+            Some(("tok", CredentialSource::Cookie))
+        );
+        assert_eq!(
+            credential(&headers(&[("x-postern-authorization", "tok")]), name),
+            Some(("tok", CredentialSource::TokenHeader))
+        );
+        assert_eq!(
+            credential(&headers(&[("x-pomerium-authorization", "tok")]), name),
+            Some(("tok", CredentialSource::TokenHeader))
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "Bearer tok")]), name),
+            Some(("tok", CredentialSource::Authorization))
+        );
+        assert_eq!(
+            credential(&headers(&[("authorization", "Pomerium tok")]), name),
+            Some(("tok", CredentialSource::Authorization))
+        );
+        assert_eq!(credential(&headers(&[("authorization", "Basic dXNlcjpwdw==")]), name), None);
+        assert_eq!(credential(&headers(&[("cookie", "_posternX=tok")]), name), None);
+    }
+
+    #[test]
+    fn strips_only_postern_credentials() {
+        let mut h = headers(&[
+            ("cookie", "a=1; _postern=tok; b=2"),
+            ("x-postern-jwt-assertion", "forged"),
+            ("x-pomerium-authorization", "tok"),
+            ("authorization", "Bearer tok"),
+            ("x-other", "kept"),
+        ]);
+        strip_credentials(&mut h, "_postern", true);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        assert!(h.get("x-postern-jwt-assertion").is_none());
+        assert!(h.get("x-pomerium-authorization").is_none());
+        assert!(h.get("authorization").is_none());
+        assert_eq!(h["x-other"], "kept");
+        let mut h = headers(&[("cookie", "_postern=tok"), ("authorization", "Basic x")]);
+        strip_credentials(&mut h, "_postern", false);
+        assert!(h.get("cookie").is_none());
+        assert_eq!(h["authorization"], "Basic x");
+    }
+
+    #[test]
+    fn set_cookie_attributes() {
+        let attrs = CookieAttrs {
+            name: "_postern",
+            domain: Some(".example.com"),
+            http_only: false,
+            same_site: SameSite::Lax,
+            secure: true,
+        };
+        assert_eq!(attrs.set("v", 60), "_postern=v; Path=/; Max-Age=60; Domain=.example.com; Secure; SameSite=Lax");
+        let attrs = CookieAttrs { domain: None, http_only: true, ..attrs };
+        assert_eq!(attrs.clear(), "_postern=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Lax");
+    }
+}
