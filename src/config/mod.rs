@@ -22,6 +22,8 @@ use serde_json::Value;
 
 pub(crate) use raw::parse_duration;
 use raw::{KeyScope, RawRoute, RawSettings};
+
+pub use crate::cors::CorsSpec;
 pub use spec::{
     AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, Origin, Problem, RouteSpec, SameSite,
     Secret, Settings,
@@ -139,7 +141,7 @@ impl Loader {
         }
         let nested: &[(&str, KeyScope)] = match scope {
             KeyScope::Settings => &[("certificates", KeyScope::Certificate)],
-            KeyScope::Route => &[("response", KeyScope::Response)],
+            KeyScope::Route => &[("response", KeyScope::Response), ("cors", KeyScope::Cors)],
             _ => &[],
         };
         for (key, inner) in nested {
@@ -466,6 +468,15 @@ impl Loader {
             pass_identity_headers: raw.pass_identity_headers,
             cookie_domain: raw.cookie_domain,
             cookie_http_only: raw.cookie_http_only,
+            cors_allow_preflight: raw.cors_allow_preflight,
+            cors: raw.cors.map(|c| CorsSpec {
+                allow_origins: c.allow_origins,
+                allow_methods: c.allow_methods,
+                allow_headers: c.allow_headers,
+                expose_headers: c.expose_headers,
+                allow_credentials: c.allow_credentials,
+                max_age: c.max_age.map(|d| d.as_secs()),
+            }),
         })
     }
 }

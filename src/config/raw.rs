@@ -104,6 +104,29 @@ pub(super) struct RawRoute {
     pub pass_identity_headers: bool,
     pub cookie_domain: Option<String>,
     pub cookie_http_only: Option<bool>,
+    /// Let CORS preflights reach the upstream without a session (Pomerium's key).
+    #[serde(default)]
+    pub cors_allow_preflight: bool,
+    /// Postern answers CORS itself.
+    pub cors: Option<RawCors>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCors {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// Seconds, or a duration such as `10m`.
+    #[serde(default, deserialize_with = "duration")]
+    pub max_age: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +151,7 @@ pub(super) fn known_keys(object: KeyScope) -> &'static [&'static str] {
         KeyScope::Route => field_names::<RawRoute>(),
         KeyScope::Response => field_names::<RawResponse>(),
         KeyScope::Certificate => field_names::<RawCertificate>(),
+        KeyScope::Cors => field_names::<RawCors>(),
     }
 }
 
@@ -137,6 +161,7 @@ pub(super) enum KeyScope {
     Route,
     Response,
     Certificate,
+    Cors,
 }
 
 /// The field names serde knows for `T`, read from its derived `Deserialize`
@@ -173,6 +198,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
+    }
+    if let Ok(secs) = text.parse::<u64>() {
+        return Err(format!("invalid duration {text:?}: add a unit, e.g. {secs}s"));
     }
     humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (use e.g. 30s, 1h30m, 500ms)"))
 }

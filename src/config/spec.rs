@@ -181,6 +181,10 @@ pub struct RouteSpec {
     pub cookie_domain: Option<String>,
     /// Overrides `cookie_http_only` for this route's host.
     pub cookie_http_only: Option<bool>,
+    /// CORS preflights reach the upstream without a session.
+    pub cors_allow_preflight: bool,
+    /// Postern answers CORS for this route.
+    pub cors: Option<crate::cors::CorsSpec>,
 }
 
 /// A response Postern gives itself instead of forwarding.

@@ -14,11 +14,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::Proxy;
-use super::body::{Observed, ProxyBody, full};
+use super::body::{Observed, ProxyBody, empty, full};
 use super::forward::{self, Outbound, Peer};
 use super::respond::{ProxyError, error_response, is_navigation};
 use crate::auth::endpoints::{self, EndpointRequest, Reply};
 use crate::auth::{Authn, CredentialSource, policy, session};
+use crate::cors;
 use crate::routes::{Action, Route, RouteTable, path};
 
 /// Largest form body Postern reads for its own endpoints (sign-out).
@@ -38,6 +39,10 @@ pub(crate) struct RequestCtx {
     subject: Option<String>,
     /// `Set-Cookie` values to add to whatever response is sent.
     cookies: Vec<HeaderValue>,
+    /// The request's `Origin`, for the route's CORS policy.
+    origin: Option<HeaderValue>,
+    /// Postern answered a preflight: its CORS headers are already final.
+    preflight_answered: bool,
 }
 
 /// Serves one request; never fails (errors become responses).
@@ -55,6 +60,8 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
         upstream: None,
         subject: None,
         cookies: Vec::new(),
+        origin: req.headers().get(header::ORIGIN).cloned(),
+        preflight_answered: false,
     };
     let response = match run(&proxy, &table, peer, &mut ctx, req).await {
         Ok(resp) => resp,
@@ -106,7 +113,22 @@ async fn run(
     }
     let route = table.lookup(&ctx.host, port, &ctx.path).ok_or(ProxyError::NoRoute)?.clone();
     ctx.route = Some(route.clone());
-    let authn = authorize(proxy, &route, ctx, &req).await?;
+    let preflight = cors::is_preflight(req.method(), req.headers());
+    if preflight && let Some(policy) = &route.cors {
+        // Answered here: never forwarded, no session needed.
+        let (status, headers) = policy.preflight(req.headers());
+        let mut resp = Response::new(empty());
+        *resp.status_mut() = status;
+        *resp.headers_mut() = headers;
+        ctx.preflight_answered = true;
+        return Ok(resp);
+    }
+    let authn = if preflight && route.cors_allow_preflight {
+        // Pomerium's `cors_allow_preflight`: the upstream answers it.
+        Authn::default()
+    } else {
+        authorize(proxy, &route, ctx, &req).await?
+    };
     act(proxy, &route, peer, ctx, req, authn).await
 }
 
@@ -133,13 +155,6 @@ fn client_authority(req: &Request<Incoming>) -> Option<&str> {
 /// `scheme://authority` as the client sees this host.
 fn origin(ctx: &RequestCtx, req: &Request<Incoming>) -> String {
     format!("{}://{}", ctx.scheme, client_authority(req).unwrap_or(&ctx.host))
-}
-
-/// A CORS preflight: `OPTIONS` with both `Origin` and `Access-Control-Request-Method`.
-fn is_preflight(req: &Request<Incoming>) -> bool {
-    req.method() == Method::OPTIONS
-        && req.headers().contains_key(header::ORIGIN)
-        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
 }
 
 /// Policy: reads the session when the route needs one, then decides. No
@@ -170,7 +185,7 @@ async fn authorize(
         identity: authn.session.as_ref().map(|s| &s.identity),
         method: req.method().as_str(),
         path: &ctx.path,
-        cors_preflight: is_preflight(req),
+        cors_preflight: cors::is_preflight(req.method(), req.headers()),
     });
     match (decision, &authn.session) {
         (policy::Decision::Allow, _) => Ok(authn),
@@ -294,6 +309,9 @@ fn finish(proxy: &Proxy, mut ctx: RequestCtx, mut resp: Response<ProxyBody>) -> 
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
     if let Some(route) = &ctx.route {
+        if let Some(policy) = route.cors.as_ref().filter(|_| !ctx.preflight_answered) {
+            policy.apply(ctx.origin.as_ref(), resp.headers_mut());
+        }
         for (name, value) in &route.set_response_headers {
             resp.headers_mut().insert(name.clone(), value.clone());
         }

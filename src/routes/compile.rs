@@ -11,6 +11,7 @@ use rustls_pki_types::pem::PemObject;
 
 use super::route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams};
 use crate::auth::policy::{Policy, PolicySpec};
+use crate::cors::CorsPolicy;
 use crate::config::{Problem, RouteSpec, Settings};
 
 /// Headers a route may not set or remove: the proxy owns them.
@@ -121,6 +122,10 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         policy: spec.policy.as_ref(),
     })
     .map_err(|e| Problem::new(origin, Some(&e.path), e.message))?;
+    let cors = match &spec.cors {
+        Some(c) => Some(CorsPolicy::compile(c).map_err(|e| bad(&format!("cors.{}", e.field), e.message))?),
+        None => None,
+    };
     if let Some(domain) = &spec.cookie_domain {
         check_cookie_domain(domain, &from.host).map_err(|m| bad("cookie_domain", m))?;
     }
@@ -143,6 +148,8 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         pass_identity_headers: spec.pass_identity_headers,
         cookie_domain: spec.cookie_domain.clone(),
         cookie_http_only: spec.cookie_http_only,
+        cors_allow_preflight: spec.cors_allow_preflight,
+        cors,
     })
 }
 

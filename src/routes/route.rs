@@ -10,6 +10,7 @@ use regex::Regex;
 use rustls_pki_types::CertificateDer;
 
 use crate::auth::policy::Policy;
+use crate::cors::CorsPolicy;
 use crate::config::{DirectResponse, Origin};
 
 /// One route of the table. Immutable; shared by every request that matches.
@@ -38,6 +39,10 @@ pub struct Route {
     /// Overrides of the global cookie settings for this route's host.
     pub cookie_domain: Option<String>,
     pub cookie_http_only: Option<bool>,
+    /// Preflights skip sign-in and policy (and go to the upstream).
+    pub cors_allow_preflight: bool,
+    /// Postern's own CORS answers for this route.
+    pub(crate) cors: Option<CorsPolicy>,
 }
 
 /// The `from` URL: which requests this route is for.
