@@ -19,7 +19,7 @@ mod seal;
 pub(crate) mod session;
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
@@ -122,6 +122,18 @@ pub struct Auth {
     pub(crate) secure_cookies: bool,
     /// Callback tokens already redeemed (jti → exp), so each works once.
     redeemed: Mutex<HashMap<String, i64>>,
+    /// In-flight and recent refreshes, by session and ID-token expiry.
+    refreshes: Mutex<HashMap<String, (Arc<tokio::sync::OnceCell<Refresh>>, i64)>>,
+}
+
+/// The outcome of one refresh, shared by every request that waited on it.
+#[derive(Debug)]
+enum Refresh {
+    Renewed(Box<Session>),
+    /// The IdP refused the refresh token: the session is over.
+    Ended,
+    /// The IdP could not be asked: keep the session for now.
+    Kept,
 }
 
 /// A request's session, after reading its credential.
@@ -184,6 +196,7 @@ impl Auth {
             cookie: settings.cookie.clone(),
             secure_cookies: !insecure_server,
             redeemed: Mutex::new(HashMap::new()),
+            refreshes: Mutex::new(HashMap::new()),
         };
         (auth, warnings)
     }
@@ -229,28 +242,55 @@ impl Auth {
         else {
             return Authn { session: Some(session), source: Some(source), ..Authn::default() };
         };
-        match oidc.refresh(refresh_token, &session.identity).await {
-            Ok(tokens) => {
-                tracing::debug!(auth.subject = %session.identity.subject, "session refreshed");
-                let refreshed = Session {
-                    identity: tokens.identity,
-                    id_token_expires_at: tokens.expires_at,
-                    refresh_token: tokens.refresh_token,
-                    ..session
-                };
-                Authn { session: Some(refreshed), source: Some(source), refreshed: true, ended: false }
+        // One refresh per session at a time, its outcome shared: a page
+        // loading ten assets at once must not spend the (rotating)
+        // refresh token ten times, which makes IdPs revoke the grant.
+        let cell = self.refresh_cell(&session);
+        let outcome = cell
+            .get_or_init(|| async {
+                match oidc.refresh(refresh_token, &session.identity).await {
+                    Ok(tokens) => {
+                        tracing::debug!(auth.subject = %session.identity.subject, "session refreshed");
+                        Refresh::Renewed(Box::new(Session {
+                            identity: tokens.identity,
+                            id_token_expires_at: tokens.expires_at,
+                            refresh_token: tokens.refresh_token,
+                            ..session.clone()
+                        }))
+                    }
+                    Err(OidcError::Refused(reason)) => {
+                        tracing::info!(auth.subject = %session.identity.subject, reason = %reason, "refresh refused; session ended");
+                        Refresh::Ended
+                    }
+                    Err(e) => {
+                        // An IdP outage should not sign everybody out: keep
+                        // the session (it still ends at cookie_expire).
+                        tracing::warn!(error = %e, "session refresh failed; keeping the session for now");
+                        Refresh::Kept
+                    }
+                }
+            })
+            .await;
+        match outcome {
+            Refresh::Renewed(s) => {
+                Authn { session: Some((**s).clone()), source: Some(source), refreshed: true, ended: false }
             }
-            Err(OidcError::Refused(reason)) => {
-                tracing::info!(auth.subject = %session.identity.subject, reason = %reason, "refresh refused; session ended");
-                Authn { ended: source == CredentialSource::Cookie, ..Authn::default() }
-            }
-            Err(e) => {
-                // An IdP outage should not sign everybody out: keep the
-                // session (it still ends at cookie_expire) and retry later.
-                tracing::warn!(error = %e, "session refresh failed; keeping the session for now");
-                Authn { session: Some(session), source: Some(source), ..Authn::default() }
-            }
+            Refresh::Ended => Authn { ended: true, ..Authn::default() },
+            Refresh::Kept => Authn { session: Some(session), source: Some(source), ..Authn::default() },
         }
+    }
+
+    /// The shared refresh slot for one session's expired ID token. Slots
+    /// live a couple of minutes, long enough for requests still carrying
+    /// the old cookie to pick up the new session.
+    fn refresh_cell(&self, session: &Session) -> Arc<tokio::sync::OnceCell<Refresh>> {
+        let key = format!("{}:{}", session.id, session.id_token_expires_at);
+        let now = now();
+        let mut map = self.refreshes.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 1_000 {
+            map.retain(|_, (_, created)| now - *created < 120);
+        }
+        map.entry(key).or_insert_with(|| (Arc::new(tokio::sync::OnceCell::new()), now)).0.clone()
     }
 
     /// The URL a route host sends a browser to, to sign in and come back
