@@ -91,9 +91,13 @@ impl CorsPolicy {
             if m == "*" {
                 return Err(bad(format!("allow_methods[{i}]"), "list the methods; `*` is not supported".into()));
             }
-            methods.push(Method::from_bytes(m.as_bytes()).map_err(|_| bad(format!("allow_methods[{i}]"), format!("{m:?} is not an HTTP method")))?);
+            methods.push(
+                Method::from_bytes(m.as_bytes())
+                    .map_err(|_| bad(format!("allow_methods[{i}]"), format!("{m:?} is not an HTTP method")))?,
+            );
         }
-        let methods_value = HeaderValue::from_str(&method_names.join(", ")).map_err(|_| bad("allow_methods".into(), "invalid".into()))?;
+        let methods_value = HeaderValue::from_str(&method_names.join(", "))
+            .map_err(|_| bad("allow_methods".into(), "invalid".into()))?;
         let header_list = |field: &str, names: &[String]| -> Result<Option<HeaderValue>, CorsError> {
             if names.is_empty() {
                 return Ok(None);
@@ -108,7 +112,10 @@ impl CorsPolicy {
         };
         let echo_request_headers = spec.allow_headers.iter().any(|h| h == "*");
         if echo_request_headers && spec.allow_credentials {
-            return Err(bad("allow_headers".into(), "`*` cannot be combined with allow_credentials; list the headers".into()));
+            return Err(bad(
+                "allow_headers".into(),
+                "`*` cannot be combined with allow_credentials; list the headers".into(),
+            ));
         }
         Ok(CorsPolicy {
             origins,
@@ -136,7 +143,10 @@ impl CorsPolicy {
             OriginPattern::Subdomain { scheme: s, parent, port: p } => {
                 *s == scheme
                     && *p == port
-                    && host.strip_suffix(parent.as_str()).and_then(|l| l.strip_suffix('.')).is_some_and(|label| !label.is_empty() && !label.contains('.'))
+                    && host
+                        .strip_suffix(parent.as_str())
+                        .and_then(|l| l.strip_suffix('.'))
+                        .is_some_and(|label| !label.is_empty() && !label.contains('.'))
             }
         })
     }
@@ -145,7 +155,10 @@ impl CorsPolicy {
     /// disallowed origin or method gets none, only `Vary`.
     pub(crate) fn preflight(&self, request: &HeaderMap) -> (StatusCode, HeaderMap) {
         let mut out = HeaderMap::new();
-        out.insert(header::VARY, HeaderValue::from_static("Origin, Access-Control-Request-Method, Access-Control-Request-Headers"));
+        out.insert(
+            header::VARY,
+            HeaderValue::from_static("Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+        );
         let Some(origin) = request.get(header::ORIGIN).filter(|o| self.allows(o)) else {
             return (StatusCode::NO_CONTENT, out);
         };
@@ -192,7 +205,10 @@ impl CorsPolicy {
     fn allow_origin(&self, origin: &HeaderValue, out: &mut HeaderMap) {
         // With credentials, the exact origin; `*` only for credential-less `*` policies.
         let any = !self.credentials && self.origins.contains(&OriginPattern::Any);
-        out.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, if any { HeaderValue::from_static("*") } else { origin.clone() });
+        out.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            if any { HeaderValue::from_static("*") } else { origin.clone() },
+        );
         if self.credentials {
             out.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
         }
@@ -325,12 +341,21 @@ mod tests {
 
     #[test]
     fn validation_rejects_contradictions() {
-        let err = CorsPolicy::compile(&CorsSpec { allow_origins: vec!["*".into()], allow_credentials: true, ..Default::default() })
-            .expect_err("* with credentials");
+        let err = CorsPolicy::compile(&CorsSpec {
+            allow_origins: vec!["*".into()],
+            allow_credentials: true,
+            ..Default::default()
+        })
+        .expect_err("* with credentials");
         assert_eq!(err.field, "allow_origins[0]");
         assert!(err.message.contains("cannot be combined with allow_credentials"));
-        for (bad, field) in [("null", "allow_origins[0]"), ("https://a.*.com", "allow_origins[0]"), ("app.example.com", "allow_origins[0]")] {
-            let err = CorsPolicy::compile(&CorsSpec { allow_origins: vec![bad.into()], ..Default::default() }).expect_err(bad);
+        for (bad, field) in [
+            ("null", "allow_origins[0]"),
+            ("https://a.*.com", "allow_origins[0]"),
+            ("app.example.com", "allow_origins[0]"),
+        ] {
+            let err = CorsPolicy::compile(&CorsSpec { allow_origins: vec![bad.into()], ..Default::default() })
+                .expect_err(bad);
             assert_eq!(err.field, field, "{bad}");
         }
         assert!(CorsPolicy::compile(&CorsSpec::default()).is_err(), "needs origins");
@@ -376,7 +401,8 @@ mod tests {
         assert!(resp.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
         assert_eq!(resp[header::VARY], "Origin");
 
-        let any = CorsPolicy::compile(&CorsSpec { allow_origins: vec!["*".into()], ..Default::default() }).expect("valid");
+        let any =
+            CorsPolicy::compile(&CorsSpec { allow_origins: vec!["*".into()], ..Default::default() }).expect("valid");
         let mut resp = HeaderMap::new();
         any.apply(Some(&hv("https://x.test")), &mut resp);
         assert_eq!(resp[header::ACCESS_CONTROL_ALLOW_ORIGIN], "*");

@@ -11,8 +11,8 @@ use rustls_pki_types::pem::PemObject;
 
 use super::route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams};
 use crate::auth::policy::{Policy, PolicySpec};
-use crate::cors::CorsPolicy;
 use crate::config::{Problem, RouteSpec, Settings};
+use crate::cors::CorsPolicy;
 
 /// Headers a route may not set or remove: the proxy owns them.
 const PROTECTED_REQUEST_HEADERS: &[&str] =

@@ -10,8 +10,8 @@ use regex::Regex;
 use rustls_pki_types::CertificateDer;
 
 use crate::auth::policy::Policy;
-use crate::cors::CorsPolicy;
 use crate::config::{DirectResponse, Origin};
+use crate::cors::CorsPolicy;
 
 /// One route of the table. Immutable; shared by every request that matches.
 #[derive(Debug)]
