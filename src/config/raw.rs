@@ -124,8 +124,8 @@ pub(super) struct RawCors {
     pub expose_headers: Vec<String>,
     #[serde(default)]
     pub allow_credentials: bool,
-    /// Seconds, or a duration such as `10m`.
-    #[serde(default, deserialize_with = "duration")]
+    /// Seconds (`600`, as the header itself says it), or a duration such as `10m`.
+    #[serde(default, deserialize_with = "seconds_or_duration")]
     pub max_age: Option<Duration>,
 }
 
@@ -203,6 +203,14 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("invalid duration {text:?}: add a unit, e.g. {secs}s"));
     }
     humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e} (use e.g. 30s, 1h30m, 500ms)"))
+}
+
+fn seconds_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = lenient_string(d)?;
+    match text.trim().parse::<u64>() {
+        Ok(secs) => Ok(Some(Duration::from_secs(secs))),
+        Err(_) => parse_duration(&text).map(Some).map_err(de::Error::custom),
+    }
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

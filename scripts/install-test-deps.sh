@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what the browser and sign-in tests need on a fresh Debian machine:
+# Debian's Chromium (driven by playwright-core; no browser download) and the
+# npm dependencies of tests/browser, tests/support/oidc and
+# examples/cross-origin. Idempotent: run it as often as you like.
+#   scripts/install-test-deps.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "== installing Debian's chromium"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  # An install can only find the package once the lists are there.
+  if ! apt-cache show chromium >/dev/null 2>&1; then
+    $sudo apt-get update
+  fi
+  if ! $sudo apt-get install -y --no-install-recommends chromium; then
+    # The lists may be stale (a newer chromium replaced the one they name).
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends chromium
+  fi
+fi
+/usr/bin/chromium --version 2>/dev/null || { echo "/usr/bin/chromium does not run" >&2; exit 1; }
+
+command -v node >/dev/null || { echo "node is missing: install Node.js 20 or newer" >&2; exit 1; }
+command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 or newer (with npm)" >&2; exit 1; }
+
+for dir in tests/browser tests/support/oidc examples/cross-origin; do
+  # npm ci wipes and reinstalls node_modules; skip it when the install
+  # already matches the lock file (npm keeps a copy as .package-lock.json).
+  if [ -f "$dir/node_modules/.package-lock.json" ] \
+    && node -e '
+      const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8")).packages);
+      const strip = (p) => JSON.stringify(Object.fromEntries(Object.entries(p).filter(([k]) => k !== "").map(([k, v]) => [k, v.version])));
+      process.exit(strip(a) === strip(b) ? 0 : 1);
+    ' "$dir/package-lock.json" "$dir/node_modules/.package-lock.json" 2>/dev/null; then
+    echo "== $dir: node_modules up to date"
+  else
+    echo "== npm ci in $dir"
+    (cd "$dir" && npm ci --no-audit --no-fund)
+  fi
+done
+echo "test dependencies installed"
