@@ -207,7 +207,8 @@ pub(crate) async fn authenticate_host(
             let state = OAuthState { return_url, pkce_verifier, nonce, csrf: csrf.clone(), exp: now() + SIGN_IN_TTL };
             let sealed = auth.sealer.seal(Purpose::State, &state);
             let location = oidc.authorization_url(sealed, &state.pkce_verifier, &state.nonce).await?;
-            let csrf_cookie = auth.authenticate_cookie(&csrf_cookie_name).set(&csrf, SIGN_IN_TTL);
+            let flow_cookie = csrf_cookie_for(&csrf_cookie_name, &csrf);
+            let csrf_cookie = auth.authenticate_cookie(&flow_cookie).set(&csrf, SIGN_IN_TTL);
             Ok(Reply::Redirect { location, cookies: vec![csrf_cookie] })
         }
         "/oauth2/callback" => {
@@ -219,7 +220,8 @@ pub(crate) async fn authenticate_host(
             let code = req.param("code").ok_or(AuthError::BadRequest("callback without code"))?;
             let state: OAuthState =
                 auth.sealer.open(Purpose::State, &state).map_err(|_| AuthError::BadRequest("state mismatch"))?;
-            let cookie = session::cookie_value(&req.headers, &csrf_cookie_name);
+            let flow_cookie = csrf_cookie_for(&csrf_cookie_name, &state.csrf);
+            let cookie = session::cookie_value(&req.headers, &flow_cookie);
             if state.exp < now() || cookie != Some(state.csrf.as_str()) {
                 return Err(AuthError::BadRequest("state mismatch"));
             }
@@ -236,7 +238,7 @@ pub(crate) async fn authenticate_host(
             tracing::info!(auth.subject = %session.identity.subject, "authenticated with the identity provider");
             let cookies = vec![
                 auth.authenticate_cookie(&auth_cookie_name).set(&auth.seal_session(&session), session.expires_at - now),
-                auth.authenticate_cookie(&csrf_cookie_name).clear(),
+                auth.authenticate_cookie(&flow_cookie).clear(),
             ];
             Ok(callback_redirect(auth, session, &state.return_url, cookies))
         }
@@ -263,6 +265,13 @@ pub(crate) async fn authenticate_host(
         }),
         _ => Err(AuthError::BadRequest("no such endpoint on the authenticate host")),
     }
+}
+
+/// The login-CSRF cookie of one sign-in attempt: named after its value, so
+/// that attempts started in several tabs of one browser do not overwrite
+/// each other's cookie (and fail with "state mismatch").
+fn csrf_cookie_for(base: &str, csrf: &str) -> String {
+    format!("{base}_{}", csrf.get(..8).unwrap_or(csrf))
 }
 
 /// Sends the browser to the route host's callback with a one-time token.

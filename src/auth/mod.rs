@@ -123,8 +123,11 @@ pub struct Auth {
     /// Callback tokens already redeemed (jti → exp), so each works once.
     redeemed: Mutex<HashMap<String, i64>>,
     /// In-flight and recent refreshes, by session and ID-token expiry.
-    refreshes: Mutex<HashMap<String, (Arc<tokio::sync::OnceCell<Refresh>>, i64)>>,
+    refreshes: Mutex<HashMap<String, (RefreshSlot, i64)>>,
 }
+
+/// Where the requests for one refresh wait for its outcome.
+type RefreshSlot = Arc<tokio::sync::OnceCell<Refresh>>;
 
 /// The outcome of one refresh, shared by every request that waited on it.
 #[derive(Debug)]
@@ -216,15 +219,22 @@ impl Auth {
     /// Reads and checks the request's session; refreshes it through the
     /// IdP when its ID token has expired and a refresh token is at hand.
     pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Authn {
-        let Some((token, source)) = session::credential(headers, &self.cookie.name) else {
-            return Authn::default();
-        };
-        let session: Session = match self.sealer.open(Purpose::Session, token) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(error = %e, "session credential rejected");
-                return Authn { ended: source == CredentialSource::Cookie, ..Authn::default() };
+        let mut rejected_cookie = false;
+        let mut opened = None;
+        for (token, source) in session::credentials(headers, &self.cookie.name) {
+            match self.sealer.open::<Session>(Purpose::Session, token) {
+                Ok(s) => {
+                    opened = Some((s, source));
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, ?source, "session credential rejected");
+                    rejected_cookie |= source == CredentialSource::Cookie;
+                }
             }
+        }
+        let Some((session, source)) = opened else {
+            return Authn { ended: rejected_cookie, ..Authn::default() };
         };
         let now = now();
         if session.expires_at <= now {
@@ -283,14 +293,24 @@ impl Auth {
     /// The shared refresh slot for one session's expired ID token. Slots
     /// live a couple of minutes, long enough for requests still carrying
     /// the old cookie to pick up the new session.
-    fn refresh_cell(&self, session: &Session) -> Arc<tokio::sync::OnceCell<Refresh>> {
+    fn refresh_cell(&self, session: &Session) -> RefreshSlot {
         let key = format!("{}:{}", session.id, session.id_token_expires_at);
         let now = now();
         let mut map = self.refreshes.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 1_000 {
             map.retain(|_, (_, created)| now - *created < 120);
         }
-        map.entry(key).or_insert_with(|| (Arc::new(tokio::sync::OnceCell::new()), now)).0.clone()
+        // A slot is reused while it is young, and never after `Kept`: the
+        // IdP was unreachable, so the next request must try again.
+        if let Some((cell, created)) = map.get(&key)
+            && now - *created < 120
+            && !matches!(cell.get(), Some(Refresh::Kept))
+        {
+            return cell.clone();
+        }
+        let cell = Arc::new(tokio::sync::OnceCell::new());
+        map.insert(key, (cell.clone(), now));
+        cell
     }
 
     /// The URL a route host sends a browser to, to sign in and come back
@@ -330,5 +350,45 @@ impl Auth {
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth").field("authenticate", &self.authenticate).finish_non_exhaustive()
+    }
+}
+
+/// Thin wrappers over the request-path functions, for `benches/auth.rs`.
+#[doc(hidden)]
+pub mod bench {
+    use http::HeaderMap;
+
+    use super::{Auth, Identity, Session, now};
+
+    /// A session cookie value for `identity` (one hour, ID token valid),
+    /// as `/.postern/callback` sets it.
+    pub fn session_token(auth: &Auth, identity: &Identity) -> String {
+        let now = now();
+        auth.seal_session(&Session {
+            id: auth.sealer.random_token(16),
+            identity: identity.clone(),
+            issued_at: now,
+            expires_at: now + 3600,
+            id_token_expires_at: now + 3600,
+            refresh_token: Some("refresh-token".into()),
+        })
+    }
+
+    /// The authorize phase's session read: credential, open, expiry; the
+    /// identity if the session is valid. (A session whose ID token is
+    /// still valid needs no refresh, so the future never waits.)
+    pub fn authenticate(auth: &Auth, headers: &HeaderMap) -> Option<Identity> {
+        use futures_util::FutureExt as _;
+        auth.authenticate(headers).now_or_never()?.session.map(|s| s.identity)
+    }
+
+    /// One ES256 identity assertion, signed now (no cache).
+    pub fn sign_assertion(auth: &Auth, identity: &Identity) -> String {
+        auth.signer.sign("app.example.com", "app.example.com", identity, now())
+    }
+
+    /// The assertion for `session_id` on one route, from the cache when fresh.
+    pub fn cached_assertion(auth: &Auth, session_id: &str, identity: &Identity) -> String {
+        auth.signer.assertion(session_id, "app", "app.example.com", "app.example.com", identity)
     }
 }

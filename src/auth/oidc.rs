@@ -13,11 +13,13 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreJwsSigningAlgorithm, CoreProviderMetadata, CoreTokenResponse,
+    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreIdTokenVerifier, CoreJwsSigningAlgorithm,
+    CoreProviderMetadata, CoreTokenResponse,
 };
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl,
-    Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, Scope, TokenResponse,
+    Nonce, NonceVerifier, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RefreshToken, Scope,
+    TokenResponse,
 };
 use tokio::sync::RwLock;
 
@@ -52,7 +54,8 @@ pub(crate) struct Tokens {
 }
 
 /// The relying party. Discovery runs on first use and is retried until it
-/// succeeds, so Postern starts even while the IdP is down.
+/// succeeds, so Postern starts even while the IdP is down; it runs again
+/// when an ID token does not verify, to pick up rotated signing keys.
 pub(crate) struct Oidc {
     settings: IdpSettings,
     redirect_uri: String,
@@ -92,20 +95,7 @@ impl Oidc {
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)
             .await
             .map_err(|e| OidcError::Discovery(error_chain(&e)))?;
-        let algs: Vec<CoreJwsSigningAlgorithm> = metadata
-            .id_token_signing_alg_values_supported()
-            .iter()
-            .filter(|a| {
-                !matches!(
-                    a,
-                    CoreJwsSigningAlgorithm::None
-                        | CoreJwsSigningAlgorithm::HmacSha256
-                        | CoreJwsSigningAlgorithm::HmacSha384
-                        | CoreJwsSigningAlgorithm::HmacSha512
-                )
-            })
-            .cloned()
-            .collect();
+        let algs = allowed_algs(metadata.id_token_signing_alg_values_supported());
         if algs.is_empty() {
             return Err(OidcError::Configuration(
                 "the provider advertises no asymmetric ID token signing algorithm".into(),
@@ -181,9 +171,30 @@ impl Oidc {
         let nonce = Nonce::new(nonce);
         let id_token =
             response.id_token().ok_or_else(|| OidcError::BadIdToken("no ID token in the token response".into()))?;
-        let verifier = d.client.id_token_verifier().set_allowed_algs(d.algs.clone());
-        id_token.claims(&verifier, &nonce).map_err(|e| OidcError::BadIdToken(error_chain(&e)))?;
+        self.verify_with_current_keys(&d, id_token, &nonce).await?;
         tokens(&response, id_token.to_string(), None)
+    }
+
+    /// Verifies an ID token with the keys found at discovery; if that
+    /// fails, the IdP may have rotated its signing keys since, so its
+    /// metadata and keys are fetched again (once) and the token re-checked.
+    async fn verify_with_current_keys(
+        &self,
+        d: &Arc<Discovered>,
+        id_token: &CoreIdToken,
+        nonce: impl NonceVerifier + Clone,
+    ) -> Result<(), OidcError> {
+        let Err(first) = verify_id_token(d.client.id_token_verifier(), &d.algs, id_token, nonce.clone()) else {
+            return Ok(());
+        };
+        {
+            let mut slot = self.discovered.write().await;
+            if slot.as_ref().is_some_and(|current| Arc::ptr_eq(current, d)) {
+                *slot = None;
+            }
+        }
+        let Ok(fresh) = self.discovered().await else { return Err(first) };
+        verify_id_token(fresh.client.id_token_verifier(), &fresh.algs, id_token, nonce)
     }
 
     /// Trades a refresh token for fresh tokens. A refused refresh token
@@ -201,10 +212,7 @@ impl Oidc {
         match response.id_token() {
             Some(id_token) => {
                 // Refreshed ID tokens carry no nonce (OIDC Core §12.2).
-                let verifier = d.client.id_token_verifier().set_allowed_algs(d.algs.clone());
-                id_token
-                    .claims(&verifier, |_: Option<&Nonce>| Ok(()))
-                    .map_err(|e| OidcError::BadIdToken(error_chain(&e)))?;
+                self.verify_with_current_keys(&d, id_token, |_: Option<&Nonce>| Ok(())).await?;
                 let mut t = tokens(&response, id_token.to_string(), None)?;
                 if t.identity.subject != previous.subject {
                     return Err(OidcError::BadIdToken("refreshed ID token is for another subject".into()));
@@ -232,6 +240,37 @@ impl Oidc {
             enc(post_logout_redirect_uri)
         ))
     }
+}
+
+/// The ID token signature algorithms Postern accepts from an IdP that
+/// advertises `advertised`: all but `none` and the HMAC family (which would
+/// let a public key, or the client secret, be used as a shared secret).
+pub(super) fn allowed_algs(advertised: &[CoreJwsSigningAlgorithm]) -> Vec<CoreJwsSigningAlgorithm> {
+    advertised
+        .iter()
+        .filter(|a| {
+            !matches!(
+                a,
+                CoreJwsSigningAlgorithm::None
+                    | CoreJwsSigningAlgorithm::HmacSha256
+                    | CoreJwsSigningAlgorithm::HmacSha384
+                    | CoreJwsSigningAlgorithm::HmacSha512
+            )
+        })
+        .cloned()
+        .collect()
+}
+
+/// Verifies an ID token: signature by the IdP's keys with one of `algs`,
+/// issuer, audience, expiry, and the nonce as `nonce` checks it.
+pub(super) fn verify_id_token(
+    verifier: CoreIdTokenVerifier<'_>,
+    algs: &[CoreJwsSigningAlgorithm],
+    id_token: &CoreIdToken,
+    nonce: impl NonceVerifier,
+) -> Result<(), OidcError> {
+    let verifier = verifier.set_allowed_algs(algs.to_vec());
+    id_token.claims(&verifier, nonce).map(|_| ()).map_err(|e| OidcError::BadIdToken(error_chain(&e)))
 }
 
 /// Builds the identity from a verified ID token's payload (every claim,
@@ -359,5 +398,195 @@ impl<'c> openidconnect::AsyncHttpClient<'c> for IdpHttp {
                 .to_bytes();
             Ok(http::Response::from_parts(parts, body.to_vec()))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use openidconnect::core::CoreJsonWebKeySet;
+
+    use super::*;
+
+    const ISSUER: &str = "https://idp.example.com";
+    const CLIENT_ID: &str = "postern";
+    const CLIENT_SECRET: &str = "postern-secret-that-is-long-enough-for-hs256";
+    const NONCE: &str = "n-0S6_WzA2Mj";
+    const KID: &str = "test-key";
+
+    /// What a lenient (or hostile) IdP could advertise in its discovery
+    /// document; Postern must narrow it to the asymmetric algorithms.
+    fn advertised() -> Vec<CoreJwsSigningAlgorithm> {
+        vec![
+            CoreJwsSigningAlgorithm::EcdsaP256Sha256,
+            CoreJwsSigningAlgorithm::HmacSha256,
+            CoreJwsSigningAlgorithm::HmacSha512,
+            CoreJwsSigningAlgorithm::None,
+        ]
+    }
+
+    /// An IdP signing key (ES256, from rcgen) and the JWKS it publishes.
+    struct TestIdp {
+        key: EncodingKey,
+        public_pem: String,
+        jwks: CoreJsonWebKeySet,
+    }
+
+    impl TestIdp {
+        fn new() -> Self {
+            let pair = rcgen::KeyPair::generate().expect("P-256 key");
+            let key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).expect("EC key");
+            let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).expect("JWK");
+            jwk.common.key_id = Some(KID.into());
+            jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+            jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+            let json = serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("JWKS JSON");
+            let jwks = serde_json::from_str(&json).expect("openidconnect reads the JWKS");
+            TestIdp { key, public_pem: pair.public_key_pem(), jwks }
+        }
+
+        /// The client as Postern builds it: client ID and secret, the
+        /// issuer, the IdP's keys.
+        fn client(&self) -> CoreClient {
+            CoreClient::new(
+                ClientId::new(CLIENT_ID.into()),
+                IssuerUrl::new(ISSUER.into()).expect("issuer"),
+                self.jwks.clone(),
+            )
+            .set_client_secret(ClientSecret::new(CLIENT_SECRET.into()))
+        }
+
+        /// `token` through Postern's verification, with the nonce of the
+        /// sign-in request and the algorithms Postern derives from `advertised`.
+        fn verify_with(&self, token: &str, nonce: &str, algs: &[CoreJwsSigningAlgorithm]) -> Result<(), OidcError> {
+            let id_token = CoreIdToken::from_str(token).map_err(|e| OidcError::BadIdToken(e.to_string()))?;
+            verify_id_token(self.client().id_token_verifier(), algs, &id_token, &Nonce::new(nonce.into()))
+        }
+
+        fn verify(&self, token: &str) -> Result<(), OidcError> {
+            self.verify_with(token, NONCE, &allowed_algs(&advertised()))
+        }
+
+        fn es256(&self, claims: &serde_json::Value) -> String {
+            let mut header = Header::new(Algorithm::ES256);
+            header.kid = Some(KID.into());
+            jsonwebtoken::encode(&header, claims, &self.key).expect("sign ES256")
+        }
+    }
+
+    fn claims(changes: serde_json::Value) -> serde_json::Value {
+        let now = crate::auth::now();
+        let mut claims = serde_json::json!({
+            "iss": ISSUER, "aud": CLIENT_ID, "sub": "alice", "iat": now, "exp": now + 300,
+            "nonce": NONCE, "email": "alice@example.com", "email_verified": true,
+        });
+        for (k, v) in changes.as_object().expect("object") {
+            claims[k] = v.clone();
+        }
+        claims
+    }
+
+    fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(KID.into());
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_secret(secret)).expect("sign HS256")
+    }
+
+    fn unsigned(claims: &serde_json::Value) -> String {
+        let header = serde_json::json!({"alg": "none", "typ": "JWT", "kid": KID});
+        format!("{}.{}.", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()))
+    }
+
+    fn rejected(result: Result<(), OidcError>, what: &str) -> String {
+        match result {
+            Err(OidcError::BadIdToken(reason)) => reason,
+            other => panic!("{what}: expected BadIdToken, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_asymmetric_algorithms_are_allowed() {
+        assert_eq!(allowed_algs(&advertised()), vec![CoreJwsSigningAlgorithm::EcdsaP256Sha256]);
+        assert!(allowed_algs(&[CoreJwsSigningAlgorithm::None, CoreJwsSigningAlgorithm::HmacSha384]).is_empty());
+        assert_eq!(
+            allowed_algs(&[CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, CoreJwsSigningAlgorithm::EcdsaP384Sha384]),
+            vec![CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256, CoreJwsSigningAlgorithm::EcdsaP384Sha384]
+        );
+    }
+
+    #[test]
+    fn a_well_formed_id_token_verifies() {
+        let idp = TestIdp::new();
+        idp.verify(&idp.es256(&claims(serde_json::json!({})))).expect("a correct ES256 ID token verifies");
+    }
+
+    #[test]
+    fn alg_none_is_rejected() {
+        let idp = TestIdp::new();
+        let reason = rejected(idp.verify(&unsigned(&claims(serde_json::json!({})))), "alg none");
+        assert!(reason.contains("signature"), "{reason}");
+        // Even if the IdP's metadata were trusted blindly.
+        let reason = rejected(
+            idp.verify_with(&unsigned(&claims(serde_json::json!({}))), NONCE, &advertised()),
+            "alg none with none allowed",
+        );
+        assert!(reason.contains("signature"), "{reason}");
+    }
+
+    #[test]
+    fn hmac_tokens_are_rejected_whatever_the_key() {
+        let idp = TestIdp::new();
+        let c = claims(serde_json::json!({}));
+        // The classic confusion: the IdP's public key as an HMAC secret.
+        let reason = rejected(idp.verify(&hs256(idp.public_pem.as_bytes(), &c)), "HS256 keyed with the public key");
+        assert!(reason.contains("HS256"), "{reason}");
+        // Keyed with the client secret, which the relying party does hold:
+        // openidconnect would accept this if HS256 were allowed, so the
+        // filter is what stops it.
+        let with_secret = hs256(CLIENT_SECRET.as_bytes(), &c);
+        rejected(idp.verify(&with_secret), "HS256 keyed with the client secret");
+        idp.verify_with(&with_secret, NONCE, &advertised()).expect("control: accepted when HS256 is allowed");
+    }
+
+    #[test]
+    fn wrong_audience_is_rejected() {
+        let idp = TestIdp::new();
+        let reason = rejected(idp.verify(&idp.es256(&claims(serde_json::json!({"aud": "another-client"})))), "aud");
+        assert!(reason.to_lowercase().contains("aud"), "{reason}");
+        // An audience list that does not include us, or that adds an untrusted one.
+        rejected(idp.verify(&idp.es256(&claims(serde_json::json!({"aud": ["a", "b"]})))), "aud list");
+        rejected(idp.verify(&idp.es256(&claims(serde_json::json!({"aud": [CLIENT_ID, "evil"]})))), "extra aud");
+    }
+
+    #[test]
+    fn wrong_or_missing_nonce_is_rejected() {
+        let idp = TestIdp::new();
+        let reason = rejected(idp.verify(&idp.es256(&claims(serde_json::json!({"nonce": "another"})))), "nonce");
+        assert!(reason.to_lowercase().contains("nonce"), "{reason}");
+        let mut no_nonce = claims(serde_json::json!({}));
+        no_nonce.as_object_mut().expect("object").remove("nonce");
+        rejected(idp.verify(&idp.es256(&no_nonce)), "missing nonce");
+        // The right token checked against another sign-in request's nonce.
+        let token = idp.es256(&claims(serde_json::json!({})));
+        rejected(idp.verify_with(&token, "other-request", &allowed_algs(&advertised())), "nonce of another request");
+    }
+
+    #[test]
+    fn wrong_issuer_expired_and_foreign_key_are_rejected() {
+        let idp = TestIdp::new();
+        let now = crate::auth::now();
+        rejected(idp.verify(&idp.es256(&claims(serde_json::json!({"iss": "https://evil.example"})))), "iss");
+        rejected(idp.verify(&idp.es256(&claims(serde_json::json!({"exp": now - 600, "iat": now - 900})))), "exp");
+        let other = TestIdp::new();
+        rejected(idp.verify(&other.es256(&claims(serde_json::json!({})))), "signed by another key");
+        // A valid signature over other claims: a payload swapped under a header and signature.
+        let good = idp.es256(&claims(serde_json::json!({})));
+        let evil = URL_SAFE_NO_PAD.encode(claims(serde_json::json!({"sub": "mallory"})).to_string());
+        let parts: Vec<&str> = good.split('.').collect();
+        rejected(idp.verify(&format!("{}.{evil}.{}", parts[0], parts[2])), "swapped payload");
     }
 }

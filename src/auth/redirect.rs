@@ -61,7 +61,12 @@ pub(crate) fn validate(
     if !allowed(host) {
         return Err(RedirectError::ForeignHost);
     }
-    let port = authority.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    // A port that is not a number in range would be dropped by `port_u16`
+    // (silently sending the user to the default port): refuse it instead.
+    let port = match authority.as_str().split_once(':') {
+        Some((_, p)) => format!(":{}", p.parse::<u16>().map_err(|_| RedirectError::Malformed)?),
+        None => String::new(),
+    };
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     let path_and_query = path_and_query.split('#').next().unwrap_or("/");
     if path_and_query.starts_with("//") {
@@ -107,8 +112,77 @@ mod tests {
             "https://app.example.com/\n",
             "",
             "ftp://app.example.com",
+            "https://app.example.com:99999/",
+            "https://app.example.com:-1/",
+            "https://app.example.com:0x50/",
+            "https://app.example.com:/",
         ] {
             assert!(check(raw).is_err(), "{raw:?} must be refused, got {:?}", check(raw));
         }
+    }
+
+    /// `\t \n \r \0 \xHH \u{H..} \\` as in `tests/open_redirect_payloads.txt`;
+    /// any other backslash is literal.
+    fn decode_escapes(line: &str) -> String {
+        let mut out = String::new();
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.peek().copied() {
+                Some(e @ ('t' | 'n' | 'r' | '0' | '\\')) => {
+                    chars.next();
+                    out.push(match e {
+                        't' => '\t',
+                        'n' => '\n',
+                        'r' => '\r',
+                        '0' => '\0',
+                        _ => '\\',
+                    });
+                }
+                Some('x') => {
+                    chars.next();
+                    let hex: String = chars.by_ref().take(2).collect();
+                    out.push(char::from(u8::from_str_radix(&hex, 16).expect("\\xHH")));
+                }
+                Some('u') => {
+                    chars.next();
+                    assert_eq!(chars.next(), Some('{'));
+                    let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).expect("hex")).expect("code point"));
+                }
+                _ => out.push('\\'),
+            }
+        }
+        out
+    }
+
+    /// Every payload of the shared list is refused, or normalized to a URL
+    /// whose host (as a browser parses it) is a route host.
+    #[test]
+    fn payload_list_never_yields_another_host() {
+        let text = include_str!("../../tests/open_redirect_payloads.txt");
+        let payloads: Vec<String> = text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| decode_escapes(l).replace("{port}", "8443"))
+            .collect();
+        assert!(payloads.len() >= 100);
+        let mut accepted = 0;
+        for payload in &payloads {
+            let Ok(url) = check(payload) else { continue };
+            accepted += 1;
+            let parsed = reqwest::Url::parse(&url).unwrap_or_else(|e| panic!("{payload:?} gave {url:?} ({e})"));
+            assert!(matches!(parsed.scheme(), "http" | "https"), "{payload:?} gave {url:?}");
+            assert!(
+                matches!(parsed.host_str(), Some("app.example.com" | "api.example.com")),
+                "{payload:?} gave {url:?}, host {:?} for a browser",
+                parsed.host_str()
+            );
+            assert_eq!(check(&url).as_deref(), Ok(url.as_str()), "normalized form is stable for {payload:?}");
+        }
+        assert!(accepted < payloads.len() / 4, "{accepted} of {} accepted", payloads.len());
     }
 }

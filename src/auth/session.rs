@@ -38,23 +38,31 @@ pub(crate) enum CredentialSource {
 const TOKEN_HEADERS: [&str; 2] = ["x-postern-authorization", "x-pomerium-authorization"];
 
 /// The session token sent with a request, if any.
-pub(crate) fn credential<'a>(headers: &'a HeaderMap, cookie_name: &str) -> Option<(&'a str, CredentialSource)> {
-    for name in TOKEN_HEADERS {
-        if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()) {
-            let v = v.trim();
-            let v = v.strip_prefix("Pomerium ").or_else(|| v.strip_prefix("Bearer ")).unwrap_or(v);
-            if !v.is_empty() {
-                return Some((v, CredentialSource::TokenHeader));
-            }
-        }
-    }
-    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+#[cfg(test)]
+fn credential<'a>(headers: &'a HeaderMap, cookie_name: &'a str) -> Option<(&'a str, CredentialSource)> {
+    credentials(headers, cookie_name).next()
+}
+
+/// Every session token sent with a request, in the order they are tried:
+/// token headers, `Authorization`, then the cookie. A stale or foreign
+/// token in a header must not hide a valid cookie.
+pub(crate) fn credentials<'a>(
+    headers: &'a HeaderMap,
+    cookie_name: &'a str,
+) -> impl Iterator<Item = (&'a str, CredentialSource)> + 'a {
+    let token_headers = TOKEN_HEADERS.into_iter().filter_map(move |name| {
+        let v = headers.get(name)?.to_str().ok()?.trim();
+        let v = v.strip_prefix("Pomerium ").or_else(|| v.strip_prefix("Bearer ")).unwrap_or(v);
+        (!v.is_empty()).then_some((v, CredentialSource::TokenHeader))
+    });
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
         let v = v.trim();
-        if let Some(token) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("Pomerium ")) {
-            return Some((token.trim(), CredentialSource::Authorization));
-        }
-    }
-    cookie_value(headers, cookie_name).map(|v| (v, CredentialSource::Cookie))
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("Pomerium "))
+            .map(|t| (t.trim(), CredentialSource::Authorization))
+    });
+    let cookie = cookie_value(headers, cookie_name).map(|v| (v, CredentialSource::Cookie));
+    token_headers.chain(authorization).chain(cookie)
 }
 
 /// The value of cookie `name` in the request's `Cookie` header(s).
@@ -92,14 +100,20 @@ pub(crate) fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, auth
     if authorization_was_ours {
         headers.remove(header::AUTHORIZATION);
     }
-    let ours: Vec<header::HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-postern-") || k.as_str().starts_with("x-pomerium-"))
-        .cloned()
-        .collect();
+    let ours: Vec<header::HeaderName> = headers.keys().filter(|k| is_identity_header(k.as_str())).cloned().collect();
     for name in ours {
         headers.remove(name);
     }
+}
+
+/// `x-postern-*` or `x-pomerium-*`, also spelled with underscores: CGI,
+/// WSGI, Rack and PHP upstreams read `X_Postern_Jwt_Assertion` as the same
+/// variable as `X-Postern-Jwt-Assertion`. Names are lowercase (hyper).
+fn is_identity_header(name: &str) -> bool {
+    let dash = |b: u8| if b == b'_' { b'-' } else { b };
+    ["x-postern-", "x-pomerium-"]
+        .iter()
+        .any(|prefix| name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, p)| dash(a) == p))
 }
 
 /// Attributes of the session cookie on one host.
@@ -183,6 +197,18 @@ mod tests {
         ]);
         strip_credentials(&mut h, "_postern", true);
         assert_eq!(h["cookie"], "a=1; b=2");
+        let mut u = headers(&[
+            ("x_postern_jwt_assertion", "forged"),
+            ("x-pomerium_jwt_assertion", "forged"),
+            ("x_pomerium-claim-email", "forged"),
+            ("x_posternx", "kept"),
+        ]);
+        strip_credentials(&mut u, "_postern", false);
+        assert_eq!(
+            u.keys().map(|k| k.as_str()).collect::<Vec<_>>(),
+            ["x_posternx"],
+            "underscore spellings are ours too"
+        );
         assert!(h.get("x-postern-jwt-assertion").is_none());
         assert!(h.get("x-pomerium-authorization").is_none());
         assert!(h.get("authorization").is_none());

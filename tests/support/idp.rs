@@ -113,6 +113,12 @@ impl Idp {
     }
 
     pub fn start_with(clients: &[IdpClient], options: IdpOptions) -> Idp {
+        Self::start_on(clients, options, 0)
+    }
+
+    /// As [`Idp::start_with`], listening on `port` (0: any), e.g. to
+    /// restart an IdP at the same issuer URL (with new keys, no grants).
+    pub fn start_on(clients: &[IdpClient], options: IdpOptions, port: u16) -> Idp {
         ensure_installed();
         let dir = tempfile::tempdir().expect("temp dir");
         let config = serde_json::json!({
@@ -135,7 +141,7 @@ impl Idp {
             .arg(oidc_dir().join("server.mjs"))
             .current_dir(oidc_dir())
             .env("IDP_CONFIG", &config_path)
-            .env("PORT", "0")
+            .env("PORT", port.to_string())
             .env("IDP_EXIT_ON_STDIN_EOF", "1")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -777,4 +783,21 @@ fn spawn_supervised(command: Command) -> std::io::Result<Child> {
     let (reply_tx, reply_rx) = mpsc::channel();
     tx.lock().expect("supervisor lock").send((command, reply_tx)).expect("supervisor alive");
     reply_rx.recv().expect("supervisor replied")
+}
+
+impl Idp {
+    /// Stops the IdP now (as dropping it would); the value stays usable
+    /// for its URLs and logs.
+    pub fn stop(&mut self) {
+        self.stdin.take();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The port the IdP listens on.
+    pub fn port(&self) -> u16 {
+        self.issuer.rsplit(':').next().and_then(|p| p.parse().ok()).expect("issuer has a port")
+    }
 }
