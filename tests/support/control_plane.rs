@@ -11,12 +11,13 @@
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+#[path = "supervised.rs"]
+mod supervised;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -75,37 +76,10 @@ pub struct ControlPlane {
     ca_pem: String,
 }
 
-/// Spawns children from one thread that never exits: `PR_SET_PDEATHSIG`
-/// fires when the *thread* that forked the child exits, so spawning from
-/// short-lived test threads would kill the control plane between tests.
+/// Spawns a control-plane process that dies with the test binary.
 fn spawn(mut command: Command) -> Child {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SUPERVISOR: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    let tx = SUPERVISOR.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("control-plane-supervisor".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                            Ok(())
-                        });
-                    }
-                    let _ = reply.send(cmd.spawn());
-                }
-                // The sender lives in a static: this loop never ends, so the
-                // thread (and the death signal) lasts as long as the process.
-            })
-            .expect("spawn supervisor");
-        Mutex::new(tx)
-    });
     command.stdin(Stdio::null());
-    let (reply_tx, reply_rx) = mpsc::channel();
-    tx.lock().expect("supervisor lock").send((command, reply_tx)).expect("supervisor alive");
-    reply_rx.recv().expect("supervisor replied").expect("spawn control-plane process")
+    supervised::spawn(command).expect("spawn control-plane process")
 }
 
 fn free_port() -> u16 {

@@ -35,7 +35,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -146,7 +145,7 @@ impl Idp {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = spawn_supervised(command).unwrap_or_else(|e| panic!("spawn {}: {e}", node().display()));
+        let mut child = super::supervised::spawn(command).unwrap_or_else(|e| panic!("spawn {}: {e}", node().display()));
         let stdin = child.stdin.take();
 
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -751,38 +750,6 @@ fn install() -> Result<(), String> {
     let _ = std::io::stderr().write_all(format!("test IdP: npm ci done in {}\n", dir.display()).as_bytes());
     std::fs::write(&stamp, &package_lock).map_err(|e| format!("write {}: {e}", stamp.display()))?;
     Ok(())
-}
-
-/// Spawns `command` from a thread that lives as long as the test binary,
-/// with `PR_SET_PDEATHSIG(SIGKILL)`: the death signal fires when the thread
-/// that forked the child exits, so forking from a test thread could kill the
-/// IdP while the `Idp` value still lives elsewhere.
-fn spawn_supervised(command: Command) -> std::io::Result<Child> {
-    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SUPERVISOR: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
-    let tx = SUPERVISOR.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Request>();
-        std::thread::Builder::new()
-            .name("test-idp-supervisor".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-                    unsafe {
-                        cmd.pre_exec(|| {
-                            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                            Ok(())
-                        });
-                    }
-                    let _ = reply.send(cmd.spawn());
-                }
-                // The sender lives in a static, so this loop (and the thread) never ends.
-            })
-            .expect("spawn test-idp supervisor");
-        Mutex::new(tx)
-    });
-    let (reply_tx, reply_rx) = mpsc::channel();
-    tx.lock().expect("supervisor lock").send((command, reply_tx)).expect("supervisor alive");
-    reply_rx.recv().expect("supervisor replied")
 }
 
 impl Idp {

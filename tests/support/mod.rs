@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod supervised;
 pub mod upstream;
 
 use std::io::{BufRead, BufReader};
