@@ -779,3 +779,25 @@ async fn route_timeout_does_not_cut_off_a_slow_upload() {
     assert_eq!(resp.status(), 200);
     assert_eq!(up.last().body_len, 10_000);
 }
+
+/// `idle_timeout` cuts a streamed response that goes silent; without it the
+/// same stream completes.
+#[tokio::test]
+async fn idle_timeout_ends_a_silent_stream() {
+    let up = Upstream::start("stall").await;
+    let p = Postern::start(&config(&[
+        route("https://idle.example.com", &up.url(), &["idle_timeout: 300ms", "timeout: 5s"]),
+        route("https://patient.example.com", &up.url(), &["timeout: 5s"]),
+    ]));
+
+    let started = std::time::Instant::now();
+    let resp = get(&p, "idle.example.com", "/stall/3000").await;
+    assert_eq!(resp.status(), 200, "headers arrive before the silence");
+    let body = resp.bytes().await;
+    let elapsed = started.elapsed();
+    assert!(body.is_err(), "the stream must be cut, got {body:?}");
+    assert!(elapsed < std::time::Duration::from_millis(2500), "cut after ~300 ms of silence, took {elapsed:?}");
+
+    let (status, text) = text(&p, "patient.example.com", "/stall/500").await;
+    assert_eq!((status, text.as_str()), (200, "first;second"));
+}

@@ -130,6 +130,20 @@ async fn handle(
         let mut r = Response::new(BodyExt::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(frames))));
         r.headers_mut().insert("content-type", "application/grpc".parse().expect("value"));
         r
+    } else if let Some(ms) = path.strip_prefix("/stall/") {
+        // One chunk, then silence for `ms`, then a second chunk.
+        let ms: u64 = ms.parse().unwrap_or(1000);
+        let frames = futures_util::stream::unfold(0u8, move |step| async move {
+            match step {
+                0 => Some((Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first;"))), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Some((Ok(Frame::data(Bytes::from_static(b"second"))), 2))
+                }
+                _ => None,
+            }
+        });
+        Response::new(BodyExt::boxed(http_body_util::StreamBody::new(frames)))
     } else if let Some(n) = path.strip_prefix("/chunks/") {
         let n: usize = n.parse().unwrap_or(1);
         let frames = (0..n).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'x'; 64 * 1024]))));
