@@ -15,7 +15,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use futures_util::TryFutureExt;
+use futures_util::future::Either;
+
 use super::body::{Reclaimable, RequestBody};
+use super::pool::PoolError;
 use super::respond::ProxyError;
 use crate::routes::{HostHeader, Route, Upstream, UpstreamTls, Upstreams};
 
@@ -319,8 +323,26 @@ pub(crate) async fn forward(
         let Some(req) = out.request_for(route, upstream) else {
             break;
         };
-        let client = client_for(&upstreams.tls, upstream.scheme.as_str() == "h2c");
-        let response = client.request(req);
+        let response = if upstream.scheme == Scheme::HTTP {
+            // A direct HTTP/1.1 connection takes the origin-form target.
+            let mut req = req;
+            let origin_form = req.uri().path_and_query().cloned();
+            if let Some(pq) = origin_form {
+                *req.uri_mut() = Uri::from(pq);
+            }
+            let authority = upstream.authority.clone();
+            Either::Left(async move {
+                super::pool::send(&authority, req).await.map_err(|e| match e {
+                    PoolError::Connect(e) => SendFailure::Connect(e.to_string()),
+                    PoolError::Request(e) => SendFailure::Other(e.to_string()),
+                })
+            })
+        } else {
+            let client = client_for(&upstreams.tls, upstream.scheme.as_str() == "h2c");
+            Either::Right(client.request(req).map_err(|e| {
+                if e.is_connect() { SendFailure::Connect(e.to_string()) } else { SendFailure::Other(e.to_string()) }
+            }))
+        };
         let result = match route.timeout {
             // The timeout counts from the end of the request body, as
             // Envoy's route timeout does: uploads take as long as they take.
@@ -342,12 +364,12 @@ pub(crate) async fn forward(
         };
         match result {
             Ok(resp) => return Ok((resp, upstream.to_string())),
-            Err(e) if e.is_connect() => {
+            Err(SendFailure::Connect(e)) => {
                 on_error("connect");
                 tracing::debug!(upstream = %upstream, error = %e, "upstream connect failed; trying the next");
                 last = ProxyError::UpstreamUnavailable;
             }
-            Err(e) => {
+            Err(SendFailure::Other(e)) => {
                 on_error("protocol");
                 tracing::debug!(upstream = %upstream, error = %e, "upstream request failed");
                 return Err(ProxyError::UpstreamFailed);
@@ -355,6 +377,13 @@ pub(crate) async fn forward(
         }
     }
     Err(last)
+}
+
+/// How sending to one upstream failed: only a connect failure (nothing
+/// sent) lets the next upstream be tried.
+enum SendFailure {
+    Connect(String),
+    Other(String),
 }
 
 /// Cleans the upstream response's hop-by-hop headers; for a `101`, splices

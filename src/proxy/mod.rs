@@ -6,6 +6,7 @@
 pub(crate) mod body;
 mod forward;
 mod pipeline;
+mod pool;
 mod respond;
 pub mod tls;
 
