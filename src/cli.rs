@@ -184,7 +184,7 @@ fn routes(path: &Path, output: Output) -> ExitCode {
                 "upstreams": upstreams,
                 "flags": flags,
                 "origin": r.origin.to_string(),
-                "name": r.name,
+                "name": r.name.as_str(),
             })
         })
         .collect();

@@ -39,20 +39,24 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
+/// Route names are shared (`Arc`), so labelling a request costs a
+/// reference count, not an allocation.
+type RouteName = std::sync::Arc<String>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
+    route: RouteName,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabel {
-    route: String,
+    route: RouteName,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UpstreamErrorLabels {
-    route: String,
+    route: RouteName,
     kind: &'static str,
 }
 
@@ -100,13 +104,13 @@ impl Metrics {
         Metrics { registry, requests, duration, upstream_errors, reloads, routes_loaded, ready: AtomicBool::new(false) }
     }
 
-    pub(crate) fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
-        self.requests.get_or_create(&RequestLabels { route: route.to_string(), status }).inc();
-        self.duration.get_or_create(&RouteLabel { route: route.to_string() }).observe(elapsed.as_secs_f64());
+    pub(crate) fn observe_request(&self, route: &RouteName, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { route: route.clone(), status }).inc();
+        self.duration.get_or_create(&RouteLabel { route: route.clone() }).observe(elapsed.as_secs_f64());
     }
 
-    pub(crate) fn upstream_error(&self, route: &str, kind: &'static str) {
-        self.upstream_errors.get_or_create(&UpstreamErrorLabels { route: route.to_string(), kind }).inc();
+    pub(crate) fn upstream_error(&self, route: &RouteName, kind: &'static str) {
+        self.upstream_errors.get_or_create(&UpstreamErrorLabels { route: route.clone(), kind }).inc();
     }
 
     pub fn reloaded(&self, ok: bool) {

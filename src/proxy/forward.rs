@@ -283,13 +283,15 @@ impl Outbound {
         Outbound { parts, body: RequestBody::new(body), path, query, authority }
     }
 
-    fn request_for(&mut self, route: &Route, upstream: &Upstream) -> Option<Request<Reclaimable>> {
+    /// The request for one attempt. `last` means no retry can follow (a
+    /// single upstream), so the headers are moved rather than copied.
+    fn request_for(&mut self, route: &Route, upstream: &Upstream, last: bool) -> Option<Request<Reclaimable>> {
         let body = Reclaimable::reclaim(&self.body)?;
         let scheme = if upstream.scheme.as_str() == "h2c" { Scheme::HTTP } else { upstream.scheme.clone() };
         let pq: PathAndQuery = upstream_path(route, upstream, &self.path, self.query.as_deref()).parse().ok()?;
         let uri =
             Uri::builder().scheme(scheme).authority(upstream.authority.clone()).path_and_query(pq).build().ok()?;
-        let mut headers = self.parts.headers.clone();
+        let mut headers = if last { std::mem::take(&mut self.parts.headers) } else { self.parts.headers.clone() };
         let host = match &route.host_header {
             HostHeader::Upstream => HeaderValue::from_str(upstream.authority.as_str()).ok(),
             HostHeader::Preserve => HeaderValue::from_str(&self.authority).ok(),
@@ -319,8 +321,9 @@ pub(crate) async fn forward(
     on_error: impl Fn(&'static str),
 ) -> Result<(Response<Incoming>, String), ProxyError> {
     let mut last = ProxyError::UpstreamUnavailable;
+    let single = upstreams.targets.len() == 1;
     for upstream in upstreams.attempt_order() {
-        let Some(req) = out.request_for(route, upstream) else {
+        let Some(req) = out.request_for(route, upstream, single) else {
             break;
         };
         let response = if upstream.scheme == Scheme::HTTP {

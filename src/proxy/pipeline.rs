@@ -321,8 +321,10 @@ fn finish(proxy: &Proxy, mut ctx: RequestCtx, mut resp: Response<ProxyBody>) -> 
     let metrics = proxy.metrics.clone();
     let on_end = Box::new(move |bytes: u64| {
         let elapsed = ctx.started.elapsed();
-        let route = ctx.route.as_ref().map_or("", |r| r.name.as_str());
-        metrics.observe_request(route, status, elapsed);
+        static NO_ROUTE: std::sync::LazyLock<Arc<String>> = std::sync::LazyLock::new(|| Arc::new(String::new()));
+        let name = ctx.route.as_ref().map_or(&*NO_ROUTE, |r| &r.name);
+        metrics.observe_request(name, status, elapsed);
+        let route = name.as_str();
         tracing::info!(
             http.method = %ctx.method,
             http.host = %ctx.host,

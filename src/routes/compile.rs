@@ -131,7 +131,7 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
     }
 
     Ok(Route {
-        name: format!("{}{}", from.host, rule_label(&rule)),
+        name: Arc::new(format!("{}{}", from.host, rule_label(&rule))),
         origin: spec.origin.clone(),
         from,
         rule,

@@ -17,7 +17,7 @@ use crate::cors::CorsPolicy;
 #[derive(Debug)]
 pub struct Route {
     /// Stable, human-readable name: `host` + path rule. Used in logs and metrics.
-    pub name: String,
+    pub name: Arc<String>,
     pub origin: Origin,
     pub from: FromUrl,
     pub rule: PathRule,
