@@ -54,11 +54,7 @@ fn build_client(tls: &UpstreamTls, h2c: bool) -> UpstreamClient {
     let config = if tls.skip_verify {
         builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
     } else {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
+        let mut roots = super::tls::client_roots();
         if let Some(cas) = &tls.custom_ca {
             for ca in cas.iter() {
                 let _ = roots.add(ca.clone());
