@@ -18,6 +18,7 @@ use auth_env::{
 };
 use reqwest::header::ACCEPT;
 use support::idp::{self, IdpOptions, Trace};
+use support::redirect_payloads::payloads;
 
 /// Login-CSRF cookies on the authenticate host: one per sign-in attempt.
 const CSRF_COOKIE_PREFIX: &str = "_postern_csrf";
@@ -377,56 +378,6 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
 }
 
 // ---- open redirects ----
-
-/// The payloads of `tests/open_redirect_payloads.txt`, escapes decoded and
-/// `{port}` replaced.
-fn payloads(port: u16) -> Vec<String> {
-    let text = include_str!("open_redirect_payloads.txt");
-    text.lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(|l| decode_escapes(l).replace("{port}", &port.to_string()))
-        .collect()
-}
-
-fn decode_escapes(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        let decoded = match chars.peek().copied() {
-            Some('t') => Some('\t'),
-            Some('n') => Some('\n'),
-            Some('r') => Some('\r'),
-            Some('0') => Some('\0'),
-            Some('\\') => Some('\\'),
-            Some('x') => {
-                chars.next();
-                let hex: String = [chars.next(), chars.next()].into_iter().flatten().collect();
-                out.push(char::from(u8::from_str_radix(&hex, 16).expect("\\xHH")));
-                continue;
-            }
-            Some('u') => {
-                chars.next();
-                assert_eq!(chars.next(), Some('{'), "\\u{{...}} in {line:?}");
-                let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                out.push(char::from_u32(u32::from_str_radix(&hex, 16).expect("hex")).expect("code point"));
-                continue;
-            }
-            _ => None,
-        };
-        match decoded {
-            Some(d) => {
-                chars.next();
-                out.push(d);
-            }
-            None => out.push('\\'),
-        }
-    }
-    out
-}
 
 /// Whether a browser at `url` is still on a configured host (or the IdP).
 fn on_configured_host(env: &Env, url: &str) -> Result<(), String> {

@@ -75,6 +75,12 @@ pub(crate) fn validate(
     Ok(format!("{scheme}://{host}{port}{path_and_query}"))
 }
 
+/// The shared open-redirect payload list (its loader lives with the
+/// integration tests that use it too).
+#[cfg(test)]
+#[path = "../../tests/support/redirect_payloads.rs"]
+mod redirect_payloads;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,54 +127,11 @@ mod tests {
         }
     }
 
-    /// `\t \n \r \0 \xHH \u{H..} \\` as in `tests/open_redirect_payloads.txt`;
-    /// any other backslash is literal.
-    fn decode_escapes(line: &str) -> String {
-        let mut out = String::new();
-        let mut chars = line.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c != '\\' {
-                out.push(c);
-                continue;
-            }
-            match chars.peek().copied() {
-                Some(e @ ('t' | 'n' | 'r' | '0' | '\\')) => {
-                    chars.next();
-                    out.push(match e {
-                        't' => '\t',
-                        'n' => '\n',
-                        'r' => '\r',
-                        '0' => '\0',
-                        _ => '\\',
-                    });
-                }
-                Some('x') => {
-                    chars.next();
-                    let hex: String = chars.by_ref().take(2).collect();
-                    out.push(char::from(u8::from_str_radix(&hex, 16).expect("\\xHH")));
-                }
-                Some('u') => {
-                    chars.next();
-                    assert_eq!(chars.next(), Some('{'));
-                    let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).expect("hex")).expect("code point"));
-                }
-                _ => out.push('\\'),
-            }
-        }
-        out
-    }
-
     /// Every payload of the shared list is refused, or normalized to a URL
     /// whose host (as a browser parses it) is a route host.
     #[test]
     fn payload_list_never_yields_another_host() {
-        let text = include_str!("../../tests/open_redirect_payloads.txt");
-        let payloads: Vec<String> = text
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|l| decode_escapes(l).replace("{port}", "8443"))
-            .collect();
+        let payloads = super::redirect_payloads::payloads(8443);
         assert!(payloads.len() >= 100);
         let mut accepted = 0;
         for payload in &payloads {

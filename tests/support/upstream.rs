@@ -40,6 +40,11 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(name: &str) -> Upstream {
+        Self::listen(name, None).await
+    }
+
+    /// Serves [`handle`] on a loopback port, over TLS when `tls` is given.
+    async fn listen(name: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -50,11 +55,23 @@ impl Upstream {
                 let Ok((stream, _)) = listener.accept().await else { continue };
                 let seen = seen_task.clone();
                 let name = name_owned.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| handle(req, name.clone(), seen.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            let Ok(Ok(stream)) =
+                                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                            else {
+                                return;
+                            };
+                            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
@@ -190,31 +207,7 @@ impl Upstream {
                 .with_single_cert(chain, key)
                 .expect("upstream certificate");
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
-        let addr = listener.local_addr().expect("addr");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let name_owned = name.to_string();
-        let seen_task = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let seen = seen_task.clone();
-                let name = name_owned.clone();
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let svc = hyper::service::service_fn(move |req| handle(req, name.clone(), seen.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-        Upstream { addr, name: name.to_string(), seen, task }
+        Self::listen(name, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
     }
 
     /// `https://127.0.0.1:port` (for [`Upstream::start_tls`]).
