@@ -117,34 +117,52 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
 }
 
 /// What the forwarder knows about the client connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Peer {
     pub ip: IpAddr,
+    /// `ip` as a header value for `X-Forwarded-For`, formatted once per
+    /// connection rather than once per request.
+    pub ip_value: HeaderValue,
     /// Whether the client reached us over TLS.
     pub tls: bool,
     /// Whether `X-Forwarded-*` from this peer are believed (`trusted_proxies`).
     pub trusted: bool,
 }
 
+impl Peer {
+    pub(crate) fn new(ip: IpAddr, tls: bool) -> Self {
+        let ip = ip.to_canonical();
+        let ip_value = HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        Peer { ip, ip_value, tls, trusted: false }
+    }
+}
+
 /// Headers that describe one hop and never cross the proxy (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-connection",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
 ];
 
 /// Removes hop-by-hop headers and any header named in `Connection`. A
 /// `TE: trailers` survives, as gRPC over HTTP/2 requires it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of these: one pass over the names decides,
-    // instead of a hash probe per hop-by-hop name on every message.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(&name.as_str())) {
+    // One pass over the names finds which hop-by-hop headers are present
+    // (usually none, or `Connection: keep-alive` on responses); only those
+    // are looked up and removed.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -153,13 +171,16 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .filter(|n| !HOP_BY_HOP.contains(n))
         .collect();
     let keep_te = headers.get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in &named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
     if keep_te {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
@@ -183,22 +204,21 @@ pub(crate) fn upgrade_requested(req: &Request<Incoming>) -> Option<HeaderValue> 
 
 /// Sets `X-Forwarded-For/-Proto/-Host`, believing the client's values only
 /// from trusted proxies.
-fn set_forwarded(headers: &mut HeaderMap, peer: Peer, host: &str) {
+fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
-    let prior: Vec<String> = if peer.trusted {
-        headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).map(str::to_string).collect()
+    let prior: Vec<&str> =
+        if peer.trusted { headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect() } else { Vec::new() };
+    if prior.is_empty() {
+        headers.insert(xff, peer.ip_value.clone());
     } else {
-        Vec::new()
-    };
-    let mut chain = prior.join(", ");
-    if !chain.is_empty() {
+        let mut chain = prior.join(", ");
         chain.push_str(", ");
-    }
-    chain.push_str(&peer.ip.to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain) {
-        headers.insert(xff, v);
+        chain.push_str(&peer.ip.to_string());
+        if let Ok(v) = HeaderValue::from_str(&chain) {
+            headers.insert(xff, v);
+        }
     }
     if !(peer.trusted && headers.contains_key(&xfp)) {
         headers.insert(xfp, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
@@ -260,7 +280,7 @@ pub(crate) struct Outbound {
 
 impl Outbound {
     /// Prepares the client's request for any upstream of `route`.
-    pub(crate) fn new(req: Request<Incoming>, route: &Route, peer: Peer, authority: String, path: String) -> Self {
+    pub(crate) fn new(req: Request<Incoming>, route: &Route, peer: &Peer, authority: String, path: String) -> Self {
         let upgrade = if route.allow_websockets { upgrade_requested(&req) } else { None };
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query().map(str::to_string);
@@ -315,7 +335,7 @@ pub(crate) async fn forward(
     upstreams: &Upstreams,
     mut out: Outbound,
     on_error: impl Fn(&'static str),
-) -> Result<(Response<Incoming>, String), ProxyError> {
+) -> Result<(Response<Incoming>, Arc<str>), ProxyError> {
     let mut last = ProxyError::UpstreamUnavailable;
     let single = upstreams.targets.len() == 1;
     for upstream in upstreams.attempt_order() {
@@ -362,7 +382,7 @@ pub(crate) async fn forward(
             None => response.await,
         };
         match result {
-            Ok(resp) => return Ok((resp, upstream.to_string())),
+            Ok(resp) => return Ok((resp, upstream.label.clone())),
             Err(SendFailure::Connect(e)) => {
                 on_error("connect");
                 tracing::debug!(upstream = %upstream, error = %e, "upstream connect failed; trying the next");
@@ -468,16 +488,16 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let peer = Peer { ip: "10.1.2.3".parse().expect("ip"), tls: false, trusted: false };
-        set_forwarded(&mut h, peer, "app.example.com");
+        let peer = Peer::new("10.1.2.3".parse().expect("ip"), false);
+        set_forwarded(&mut h, &peer, "app.example.com");
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
 
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
-        let peer = Peer { ip: "10.1.2.3".parse().expect("ip"), tls: true, trusted: true };
-        set_forwarded(&mut h, peer, "app.example.com");
+        let peer = Peer { trusted: true, ..Peer::new("10.1.2.3".parse().expect("ip"), true) };
+        set_forwarded(&mut h, &peer, "app.example.com");
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
     }
 }

@@ -117,9 +117,9 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let peer = Peer { ip: peer_addr.ip().to_canonical(), tls: acceptor.is_some(), trusted: false };
+            let peer = Peer::new(peer_addr.ip(), acceptor.is_some());
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let proxy = proxy.clone();
+                let (proxy, peer) = (proxy.clone(), peer.clone());
                 async move { Ok::<_, std::convert::Infallible>(pipeline::handle(proxy, peer, req).await) }
             });
             let builder = connection_builder();

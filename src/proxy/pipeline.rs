@@ -35,7 +35,7 @@ pub(crate) struct RequestCtx {
     /// `https` unless the client reached us over plain HTTP.
     scheme: &'static str,
     route: Option<Arc<Route>>,
-    upstream: Option<String>,
+    upstream: Option<Arc<str>>,
     subject: Option<String>,
     /// `Set-Cookie` values to add to whatever response is sent.
     cookies: Vec<HeaderValue>,
@@ -55,7 +55,7 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
         host: String::new(),
         path: req.uri().path().to_string(),
         navigation: is_navigation(req.headers()),
-        scheme: scheme(&req, peer),
+        scheme: scheme(&req, &peer),
         route: None,
         upstream: None,
         subject: None,
@@ -63,7 +63,7 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
         origin: req.headers().get(header::ORIGIN).cloned(),
         preflight_answered: false,
     };
-    let response = match run(&proxy, &table, peer, &mut ctx, req).await {
+    let response = match run(&proxy, &table, &peer, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(err) => {
             match &err {
@@ -78,7 +78,7 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
 }
 
 /// The scheme the client used: TLS to us, or a trusted proxy's word.
-fn scheme(req: &Request<Incoming>, peer: Peer) -> &'static str {
+fn scheme(req: &Request<Incoming>, peer: &Peer) -> &'static str {
     if peer.tls {
         return "https";
     }
@@ -90,7 +90,7 @@ fn scheme(req: &Request<Incoming>, peer: Peer) -> &'static str {
 async fn run(
     proxy: &Proxy,
     table: &RouteTable,
-    peer: Peer,
+    peer: &Peer,
     ctx: &mut RequestCtx,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -206,7 +206,7 @@ async fn authorize(
 async fn act(
     proxy: &Proxy,
     route: &Arc<Route>,
-    peer: Peer,
+    peer: &Peer,
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
     authn: Authn,

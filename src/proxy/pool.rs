@@ -23,8 +23,13 @@ use super::body::Reclaimable;
 const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Idle connections by upstream authority, exactly as written in the
+/// route (a fast hash over the raw bytes: `Authority`'s own hash folds
+/// case byte by byte, which showed up in profiles).
+type IdleMap = HashMap<Box<str>, Vec<SendRequest<Reclaimable>>, foldhash::fast::RandomState>;
+
 thread_local! {
-    static IDLE: RefCell<HashMap<Authority, Vec<SendRequest<Reclaimable>>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
 }
 
 /// Why a pooled send failed.
@@ -63,14 +68,22 @@ pub(crate) async fn send(authority: &Authority, req: Request<Reclaimable>) -> Re
 }
 
 /// An idle, ready connection, if the pool has one. Connections still
-/// streaming a response stay pooled for later.
+/// streaming a response stay pooled for later; closed ones met on the way
+/// are dropped.
 fn checkout(authority: &Authority) -> Option<SendRequest<Reclaimable>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(authority)?;
-        list.retain(|s| !s.is_closed());
-        let i = list.iter().rposition(SendRequest::is_ready)?;
-        Some(list.swap_remove(i))
+        let list = idle.get_mut(authority.as_str())?;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            if list[i].is_closed() {
+                list.swap_remove(i);
+            } else if list[i].is_ready() {
+                return Some(list.swap_remove(i));
+            }
+        }
+        None
     })
 }
 
@@ -79,7 +92,10 @@ fn checkout(authority: &Authority) -> Option<SendRequest<Reclaimable>> {
 fn checkin(authority: &Authority, sender: SendRequest<Reclaimable>) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(authority.clone()).or_default();
+        let list = match idle.get_mut(authority.as_str()) {
+            Some(list) => list,
+            None => idle.entry(authority.as_str().into()).or_default(),
+        };
         if list.len() >= MAX_IDLE {
             list.retain(|s| !s.is_closed());
         }

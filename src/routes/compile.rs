@@ -268,7 +268,7 @@ fn parse_to(text: &str) -> Result<Upstream, String> {
     if authority.host().contains('*') {
         return Err(format!("{url:?}: an upstream cannot be a wildcard"));
     }
-    Ok(Upstream { scheme, authority, base_path: path.trim_end_matches('/').to_string(), weight })
+    Ok(Upstream::new(scheme, authority, path.trim_end_matches('/').to_string(), weight))
 }
 
 fn parse_ca(pem: &str) -> Result<Arc<[CertificateDer<'static>]>, String> {

@@ -125,11 +125,21 @@ pub struct Upstream {
     /// Path prefix from the `to` URL, without a trailing `/` (often empty).
     pub base_path: String,
     pub weight: u32,
+    /// `scheme://authority/base_path`, formatted once: every access-log
+    /// line names the upstream.
+    pub label: Arc<str>,
+}
+
+impl Upstream {
+    pub fn new(scheme: Scheme, authority: Authority, base_path: String, weight: u32) -> Self {
+        let label = format!("{scheme}://{authority}{base_path}").into();
+        Upstream { scheme, authority, base_path, weight, label }
+    }
 }
 
 impl std::fmt::Display for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
+        f.write_str(&self.label)
     }
 }
 
