@@ -33,10 +33,11 @@ pub(crate) type OnEnd = Box<dyn FnOnce(u64) + Send + Sync>;
 pin_project_lite::pin_project! {
     /// Streams the inner body frame by frame (never buffering it), counts
     /// bytes, fails the stream after `idle` without a frame, and reports at
-    /// the end (access log and metrics).
-    pub(crate) struct Observed<B> {
+    /// the end (access log and metrics). It is what every response carries
+    /// to the client, wrapping the one boxed body.
+    pub(crate) struct Observed {
         #[pin]
-        inner: B,
+        inner: ProxyBody,
         bytes: u64,
         idle: Option<Duration>,
         #[pin]
@@ -44,7 +45,7 @@ pin_project_lite::pin_project! {
         on_end: Option<OnEnd>,
     }
 
-    impl<B> PinnedDrop for Observed<B> {
+    impl PinnedDrop for Observed {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(on_end) = this.on_end.take() {
@@ -54,8 +55,8 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<B> Observed<B> {
-    pub(crate) fn new(inner: B, idle: Option<Duration>, on_end: OnEnd) -> Self {
+impl Observed {
+    pub(crate) fn new(inner: ProxyBody, idle: Option<Duration>, on_end: OnEnd) -> Self {
         Observed { inner, bytes: 0, idle, timer: idle.map(tokio::time::sleep), on_end: Some(on_end) }
     }
 }
@@ -65,11 +66,7 @@ impl<B> Observed<B> {
 #[error("no data for {0:?} (idle_timeout)")]
 pub(crate) struct IdleTimeout(Duration);
 
-impl<B> Body for Observed<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
+impl Body for Observed {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -85,7 +82,7 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
                 if let Some(on_end) = this.on_end.take() {
                     on_end(*this.bytes);
@@ -135,10 +132,16 @@ impl RequestBody {
     /// slow upload is not cut off by the response timeout.
     pub(crate) async fn sent(&self) {
         let notified = self.sent.notified();
-        if self.finished.load(std::sync::atomic::Ordering::Acquire) {
+        if self.is_sent() {
             return;
         }
         notified.await;
+    }
+
+    /// Whether the whole body has reached an upstream already (at once for
+    /// bodiless requests).
+    pub(crate) fn is_sent(&self) -> bool {
+        self.finished.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn mark_sent(&self) {

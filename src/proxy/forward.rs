@@ -301,15 +301,20 @@ impl Outbound {
 
     /// The request for one attempt. `last` means no retry can follow (a
     /// single upstream), so the headers are moved rather than copied.
+    /// Plain-HTTP upstreams take an origin-form target (our own pool speaks
+    /// to them directly); the others an absolute URI for hyper-util's client.
     fn request_for(&mut self, route: &Route, upstream: &Upstream, last: bool) -> Option<Request<Reclaimable>> {
         let body = Reclaimable::reclaim(&self.body)?;
-        let scheme = if upstream.scheme.as_str() == "h2c" { Scheme::HTTP } else { upstream.scheme.clone() };
         let pq: PathAndQuery = upstream_path(route, upstream, &self.path, self.query.as_deref()).parse().ok()?;
-        let uri =
-            Uri::builder().scheme(scheme).authority(upstream.authority.clone()).path_and_query(pq).build().ok()?;
+        let uri = if upstream.scheme == Scheme::HTTP {
+            Uri::from(pq)
+        } else {
+            let scheme = if upstream.scheme.as_str() == "h2c" { Scheme::HTTP } else { upstream.scheme.clone() };
+            Uri::builder().scheme(scheme).authority(upstream.authority.clone()).path_and_query(pq).build().ok()?
+        };
         let mut headers = if last { std::mem::take(&mut self.parts.headers) } else { self.parts.headers.clone() };
         let host = match &route.host_header {
-            HostHeader::Upstream => HeaderValue::from_str(upstream.authority.as_str()).ok(),
+            HostHeader::Upstream => Some(upstream.host_value.clone()),
             HostHeader::Preserve => HeaderValue::from_str(&self.authority).ok(),
             HostHeader::Rewrite(h) => Some(h.clone()),
         };
@@ -343,12 +348,6 @@ pub(crate) async fn forward(
             break;
         };
         let response = if upstream.scheme == Scheme::HTTP {
-            // A direct HTTP/1.1 connection takes the origin-form target.
-            let mut req = req;
-            let origin_form = req.uri().path_and_query().cloned();
-            if let Some(pq) = origin_form {
-                *req.uri_mut() = Uri::from(pq);
-            }
             let authority = upstream.authority.clone();
             Either::Left(async move {
                 super::pool::send(&authority, req).await.map_err(|e| match e {
@@ -363,6 +362,13 @@ pub(crate) async fn forward(
             }))
         };
         let result = match route.timeout {
+            Some(t) if out.body.is_sent() => match tokio::time::timeout(t, response).await {
+                Ok(r) => r,
+                Err(_) => {
+                    on_error("timeout");
+                    return Err(ProxyError::UpstreamTimeout);
+                }
+            },
             // The timeout counts from the end of the request body, as
             // Envoy's route timeout does: uploads take as long as they take.
             Some(t) => {

@@ -46,14 +46,16 @@ pub(crate) struct RequestCtx {
 }
 
 /// Serves one request; never fails (errors become responses).
-pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>) -> Response<Observed> {
     let table = proxy.routes.snapshot();
     let peer = Peer { trusted: table.trusts(peer.ip), ..peer };
     let mut ctx = RequestCtx {
         started: Instant::now(),
         method: req.method().clone(),
         host: String::new(),
-        path: req.uri().path().to_string(),
+        // Set to the normalized path once it is known (the raw one if it is
+        // refused), so the access log names what was matched.
+        path: String::new(),
         navigation: is_navigation(req.headers()),
         scheme: scheme(&req, &peer),
         route: None,
@@ -94,9 +96,15 @@ async fn run(
     ctx: &mut RequestCtx,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (host, port) = target(&req)?;
-    ctx.host = host;
-    ctx.path = path::normalize(req.uri().path())?;
+    let (host, port, path) =
+        match target(&req).and_then(|(host, port)| Ok((host, port, path::normalize(req.uri().path())?))) {
+            Ok(t) => t,
+            Err(e) => {
+                ctx.path = req.uri().path().to_string();
+                return Err(e);
+            }
+        };
+    (ctx.host, ctx.path) = (host, path);
     if let Some(a) = &proxy.auth.authenticate
         && a.host == ctx.host
     {
@@ -304,7 +312,7 @@ fn render(reply: Reply, ctx: &mut RequestCtx) -> Response<ProxyBody> {
 /// Adds cookies and the route's response headers (to every response,
 /// including our own errors), and wraps the body for the access log and
 /// metrics.
-fn finish(proxy: &Proxy, mut ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+fn finish(proxy: &Proxy, mut ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Response<Observed> {
     for cookie in ctx.cookies.drain(..) {
         resp.headers_mut().append(header::SET_COOKIE, cookie);
     }
@@ -339,5 +347,5 @@ fn finish(proxy: &Proxy, mut ctx: RequestCtx, mut resp: Response<ProxyBody>) -> 
             "request"
         );
     });
-    resp.map(|body| Observed::new(body, idle, on_end).boxed())
+    resp.map(|body| Observed::new(body, idle, on_end))
 }

@@ -128,12 +128,15 @@ pub struct Upstream {
     /// `scheme://authority/base_path`, formatted once: every access-log
     /// line names the upstream.
     pub label: Arc<str>,
+    /// `authority` as the `Host` header value the upstream gets by default.
+    pub host_value: HeaderValue,
 }
 
 impl Upstream {
     pub fn new(scheme: Scheme, authority: Authority, base_path: String, weight: u32) -> Self {
         let label = format!("{scheme}://{authority}{base_path}").into();
-        Upstream { scheme, authority, base_path, weight, label }
+        let host_value = HeaderValue::from_str(authority.as_str()).expect("a parsed authority is a valid header value");
+        Upstream { scheme, authority, base_path, weight, label, host_value }
     }
 }
 
