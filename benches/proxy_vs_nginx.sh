@@ -26,6 +26,11 @@
 #   * HTTP/1.1 only: nginx's TLS listener has http2 off; wrk speaks HTTP/1.1.
 #   * No access logging: nginx `access_log off`, Postern at log level warn
 #     (it logs one access line per request at info).
+#   * Same request rewrite: Postern always sets X-Forwarded-For, -Proto and
+#     -Host for the upstream (reverse proxies in front of apps are expected
+#     to, and ingress-nginx does by default), so nginx is configured to set
+#     the same three. Postern also keeps per-route Prometheus counters and a
+#     latency histogram, which nginx has no equivalent of and does not do.
 #   * Same self-signed ECDSA P-256 certificate for both, TLS 1.2/1.3 allowed;
 #     the negotiated protocol and cipher of each TLS listener are printed.
 #
@@ -45,7 +50,8 @@
 #   SKIP_POSTERN=1 benches/proxy_vs_nginx.sh  # nginx only (no Postern needed)
 #
 # Environment knobs (defaults in brackets)
-#   DURATION [10s]   wrk run length per target (Ns, Nm or Nh)
+#   DURATION [10s]   wrk run length per target and round (Ns, Nm or Nh)
+#   ROUNDS   [3]     interleaved rounds; medians are reported
 #   WARMUP   [2s]    wrk warm-up per target, output discarded
 #   THREADS  [2]     wrk -t;  CONNECTIONS [64]  wrk -c
 #   PROXY_CPU [0], LOAD_CPU [1], PIN [1]  CPU pinning (see above)
@@ -69,6 +75,7 @@ set -euo pipefail
 DURATION="${DURATION:-10s}"
 WARMUP="${WARMUP:-2s}"
 THREADS="${THREADS:-2}"
+ROUNDS="${ROUNDS:-3}"
 CONNECTIONS="${CONNECTIONS:-64}"
 PROXY_CPU="${PROXY_CPU:-0}"
 LOAD_CPU="${LOAD_CPU:-1}"
@@ -132,6 +139,7 @@ DURATION_S="$(duration_secs "$DURATION")"
 WARMUP_S="$(duration_secs "$WARMUP")"
 ((DURATION_S > 0)) || die "DURATION must be > 0"
 [[ "$THREADS" =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive integer"
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$CONNECTIONS" =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
 ((CONNECTIONS >= THREADS)) || die "CONNECTIONS must be >= THREADS"
 
@@ -333,6 +341,10 @@ $(nginx_temp_paths "$TMP/nginx")
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            # What Postern always sends upstream (see "Parity choices").
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
         }
     }
 }
@@ -526,27 +538,49 @@ if ((BG_LOAD > 10)); then
     log "warning: the machine is ${BG_LOAD}% busy before the runs; numbers will be skewed"
 fi
 
-declare -A RPS P50 P99 ERRS REQS CPU_US PROXY_CORE LOAD_CORE
+# Rounds interleave the targets (nginx, postern, nginx, postern, ...) so a
+# slow phase of a shared VM hits both; each figure reported is the median
+# over the rounds, and req/s also shows its range.
+declare -A R_RPS R_P50 R_P99 R_CPU R_PCORE R_LCORE RPS P50 P99 ERRS REQS CPU_US PROXY_CORE LOAD_CORE RPS_RANGE
+for t in "${TARGETS[@]}"; do ERRS[$t]=0; REQS[$t]=0; done
+for ((round = 1; round <= ROUNDS; round++)); do
+    for t in "${TARGETS[@]}"; do
+        if ((WARMUP_S > 0)); then
+            log "$t: warm-up $WARMUP (round $round/$ROUNDS)"
+            run_wrk "$t" "$WARMUP" "$TMP/wrk-$t.warmup.txt"
+        fi
+        log "$t: measuring $DURATION (round $round/$ROUNDS, $(target_url "$t"))"
+        ticks0="$(proc_ticks "${PROXY_PID[$t]}")"
+        read -r pb0 pt0 < <(core_jiffies "$PROXY_CPU")
+        read -r lb0 lt0 < <(core_jiffies "$LOAD_CPU")
+        run_wrk "$t" "$DURATION" "$TMP/wrk-$t.$round.txt"
+        ticks1="$(proc_ticks "${PROXY_PID[$t]}")"
+        read -r pb1 pt1 < <(core_jiffies "$PROXY_CPU")
+        read -r lb1 lt1 < <(core_jiffies "$LOAD_CPU")
+        read -r rps p50 p99 errs reqs <<<"$(parse_wrk "$TMP/wrk-$t.$round.txt")"
+        R_RPS[$t]+="$rps "
+        R_P50[$t]+="$p50 "
+        R_P99[$t]+="$p99 "
+        ERRS[$t]=$((ERRS[$t] + errs))
+        REQS[$t]=$((REQS[$t] + reqs))
+        R_CPU[$t]+="$(awk -v d="$((ticks1 - ticks0))" -v hz="$CLK_TCK" -v n="$reqs" \
+            'BEGIN { printf "%.2f", (n > 0 ? d / hz * 1e6 / n : 0) }') "
+        R_PCORE[$t]+="$(pct "$pb0" "$pt0" "$pb1" "$pt1") "
+        R_LCORE[$t]+="$(pct "$lb0" "$lt0" "$lb1" "$lt1") "
+    done
+done
+
+median() { tr ' ' '\n' <<<"$1" | awk 'NF' | sort -g | awk '{v[NR] = $1} END {
+    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 for t in "${TARGETS[@]}"; do
-    if ((WARMUP_S > 0)); then
-        log "$t: warm-up $WARMUP"
-        run_wrk "$t" "$WARMUP" "$TMP/wrk-$t.warmup.txt"
-    fi
-    log "$t: measuring $DURATION ($(target_url "$t"))"
-    ticks0="$(proc_ticks "${PROXY_PID[$t]}")"
-    read -r pb0 pt0 < <(core_jiffies "$PROXY_CPU")
-    read -r lb0 lt0 < <(core_jiffies "$LOAD_CPU")
-    run_wrk "$t" "$DURATION" "$TMP/wrk-$t.txt"
-    ticks1="$(proc_ticks "${PROXY_PID[$t]}")"
-    read -r pb1 pt1 < <(core_jiffies "$PROXY_CPU")
-    read -r lb1 lt1 < <(core_jiffies "$LOAD_CPU")
-    parsed="$(parse_wrk "$TMP/wrk-$t.txt")"
-    read -r "RPS[$t]" "P50[$t]" "P99[$t]" "ERRS[$t]" "REQS[$t]" <<<"$parsed"
-    CPU_US[$t]="$(awk -v d="$((ticks1 - ticks0))" -v hz="$CLK_TCK" -v n="${REQS[$t]}" \
-        'BEGIN { printf "%.2f", (n > 0 ? d / hz * 1e6 / n : 0) }')"
+    RPS[$t]="$(median "${R_RPS[$t]}")"
+    P50[$t]="$(median "${R_P50[$t]}")"
+    P99[$t]="$(median "${R_P99[$t]}")"
+    CPU_US[$t]="$(median "${R_CPU[$t]}")"
+    RPS_RANGE[$t]="$(tr ' ' '\n' <<<"${R_RPS[$t]}" | awk 'NF' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.0f-%.0f", lo, hi}')"
     if ((${#PROXY_PIN[@]} > 0)); then
-        PROXY_CORE[$t]="$(pct "$pb0" "$pt0" "$pb1" "$pt1")%"
-        LOAD_CORE[$t]="$(pct "$lb0" "$lt0" "$lb1" "$lt1")%"
+        PROXY_CORE[$t]="$(median "${R_PCORE[$t]}")%"
+        LOAD_CORE[$t]="$(median "${R_LCORE[$t]}")%"
     else
         PROXY_CORE[$t]="-"
         LOAD_CORE[$t]="-"
@@ -564,13 +598,14 @@ echo "postern : $postern_ver"
 echo "openssl : $(openssl version)"
 echo "idle    : background CPU load before the runs: ${BG_LOAD}% of all CPUs$( ((BG_LOAD > 10)) && echo '  <-- NOT idle, numbers skewed')"
 echo "load    : wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP), Host: $BENCH_HOST, body 'ok'"
+echo "rounds  : $ROUNDS, targets interleaved; figures are medians over the rounds"
 echo "tls     : nginx $(tls_info "$NGX_HTTPS_PORT")$([[ "$SKIP_POSTERN" == 1 ]] || echo "; postern $(tls_info "$PST_HTTPS_PORT")")"
 echo
-printf '%-14s %11s %8s %8s %10s %7s %12s %11s %10s\n' target 'req/s' 'p50 ms' 'p99 ms' \
+printf '%-14s %11s %14s %8s %8s %10s %7s %12s %11s %10s\n' target 'req/s' 'req/s range' 'p50 ms' 'p99 ms' \
     requests errors 'proxy us/req' 'proxy core' 'load core'
 for t in "${TARGETS[@]}"; do
-    printf '%-14s %11.1f %8.3f %8.3f %10s %7s %12s %11s %10s\n' \
-        "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${REQS[$t]}" "${ERRS[$t]}" \
+    printf '%-14s %11.1f %14s %8.3f %8.3f %10s %7s %12s %11s %10s\n' \
+        "$t" "${RPS[$t]}" "${RPS_RANGE[$t]}" "${P50[$t]}" "${P99[$t]}" "${REQS[$t]}" "${ERRS[$t]}" \
         "${CPU_US[$t]}" "${PROXY_CORE[$t]}" "${LOAD_CORE[$t]}"
 done
 echo "(proxy us/req: the proxy's own CPU time per request; proxy/load core:"
@@ -593,7 +628,7 @@ fi
 bad=0
 for t in "${TARGETS[@]}"; do
     if [[ "${ERRS[$t]}" != 0 ]]; then
-        log "warning: $t had ${ERRS[$t]} non-2xx responses or socket errors; its numbers are suspect (raw: $TMP/wrk-$t.txt, KEEP_TMP=1 to keep)"
+        log "warning: $t had ${ERRS[$t]} non-2xx responses or socket errors; its numbers are suspect (raw: $TMP/wrk-$t.*.txt, KEEP_TMP=1 to keep)"
         bad=1
     fi
 done

@@ -170,7 +170,11 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .map(str::trim)
+        // `keep-alive` and `close` are the usual tokens: options, not
+        // (extra) headers to look for.
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|n| HeaderName::try_from(n).ok())
         .filter(|n| !HOP_BY_HOP.contains(n))
         .collect();
     let keep_te = headers.get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
