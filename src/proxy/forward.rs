@@ -208,7 +208,7 @@ pub(crate) fn upgrade_requested(req: &Request<Incoming>) -> Option<HeaderValue> 
 
 /// Sets `X-Forwarded-For/-Proto/-Host`, believing the client's values only
 /// from trusted proxies.
-fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str) {
+fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &HeaderValue) {
     let xff = HeaderName::from_static("x-forwarded-for");
     let xfp = HeaderName::from_static("x-forwarded-proto");
     let xfh = HeaderName::from_static("x-forwarded-host");
@@ -227,10 +227,8 @@ fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &str) {
     if !(peer.trusted && headers.contains_key(&xfp)) {
         headers.insert(xfp, HeaderValue::from_static(if peer.tls { "https" } else { "http" }));
     }
-    if !(peer.trusted && headers.contains_key(&xfh))
-        && let Ok(v) = HeaderValue::from_str(host)
-    {
-        headers.insert(xfh, v);
+    if !(peer.trusted && headers.contains_key(&xfh)) {
+        headers.insert(xfh, host.clone());
     }
     if !peer.trusted {
         headers.remove(header::FORWARDED);
@@ -271,20 +269,26 @@ pub(crate) fn upstream_path(route: &Route, upstream: &Upstream, path: &str, quer
 }
 
 /// A request ready to forward, minus the upstream-specific parts.
-pub(crate) struct Outbound {
+pub(crate) struct Outbound<'a> {
     pub parts: http::request::Parts,
     pub body: Arc<RequestBody>,
     /// Normalized path and original query.
-    pub path: String,
+    pub path: &'a str,
     pub query: Option<String>,
     /// The client's `Host` (or `:authority`) as sent, port included, for
     /// `preserve_host_header` and `X-Forwarded-Host`.
-    pub authority: String,
+    pub authority: HeaderValue,
 }
 
-impl Outbound {
+impl<'a> Outbound<'a> {
     /// Prepares the client's request for any upstream of `route`.
-    pub(crate) fn new(req: Request<Incoming>, route: &Route, peer: &Peer, authority: String, path: String) -> Self {
+    pub(crate) fn new(
+        req: Request<Incoming>,
+        route: &Route,
+        peer: &Peer,
+        authority: HeaderValue,
+        path: &'a str,
+    ) -> Self {
         let upgrade = if route.allow_websockets { upgrade_requested(&req) } else { None };
         let (mut parts, body) = req.into_parts();
         let query = parts.uri.query().map(str::to_string);
@@ -309,7 +313,7 @@ impl Outbound {
     /// to them directly); the others an absolute URI for hyper-util's client.
     fn request_for(&mut self, route: &Route, upstream: &Upstream, last: bool) -> Option<Request<Reclaimable>> {
         let body = Reclaimable::reclaim(&self.body)?;
-        let pq: PathAndQuery = upstream_path(route, upstream, &self.path, self.query.as_deref()).parse().ok()?;
+        let pq: PathAndQuery = upstream_path(route, upstream, self.path, self.query.as_deref()).parse().ok()?;
         let uri = if upstream.scheme == Scheme::HTTP {
             Uri::from(pq)
         } else {
@@ -319,7 +323,7 @@ impl Outbound {
         let mut headers = if last { std::mem::take(&mut self.parts.headers) } else { self.parts.headers.clone() };
         let host = match &route.host_header {
             HostHeader::Upstream => Some(upstream.host_value.clone()),
-            HostHeader::Preserve => HeaderValue::from_str(&self.authority).ok(),
+            HostHeader::Preserve => Some(self.authority.clone()),
             HostHeader::Rewrite(h) => Some(h.clone()),
         };
         if let Some(h) = host {
@@ -342,7 +346,7 @@ impl Outbound {
 pub(crate) async fn forward(
     route: &Route,
     upstreams: &Upstreams,
-    mut out: Outbound,
+    mut out: Outbound<'_>,
     on_error: impl Fn(&'static str),
 ) -> Result<(Response<Incoming>, Arc<str>), ProxyError> {
     let mut last = ProxyError::UpstreamUnavailable;
@@ -499,7 +503,7 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let peer = Peer::new("10.1.2.3".parse().expect("ip"), false);
-        set_forwarded(&mut h, &peer, "app.example.com");
+        set_forwarded(&mut h, &peer, &HeaderValue::from_static("app.example.com"));
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
@@ -507,7 +511,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         let peer = Peer { trusted: true, ..Peer::new("10.1.2.3".parse().expect("ip"), true) };
-        set_forwarded(&mut h, &peer, "app.example.com");
+        set_forwarded(&mut h, &peer, &HeaderValue::from_static("app.example.com"));
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.1.2.3");
     }
 }

@@ -160,6 +160,15 @@ fn client_authority(req: &Request<Incoming>) -> Option<&str> {
     }
 }
 
+/// [`client_authority`] as a header value: the `Host` header itself when
+/// that is where it came from (no copy).
+fn client_authority_value(req: &Request<Incoming>) -> Option<HeaderValue> {
+    match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => req.headers().get(header::HOST).cloned(),
+    }
+}
+
 /// `scheme://authority` as the client sees this host.
 fn origin(ctx: &RequestCtx, req: &Request<Incoming>) -> String {
     format!("{}://{}", ctx.scheme, client_authority(req).unwrap_or(&ctx.host))
@@ -247,8 +256,8 @@ async fn act(
     }
     let client_upgrade =
         (route.allow_websockets && forward::upgrade_requested(&req).is_some()).then(|| hyper::upgrade::on(&mut req));
-    let authority = client_authority(&req).unwrap_or(&ctx.host).to_string();
-    let out = Outbound::new(req, route, peer, authority, ctx.path.clone());
+    let authority = client_authority_value(&req).ok_or(ProxyError::NoHost)?;
+    let out = Outbound::new(req, route, peer, authority, &ctx.path);
     let metrics = proxy.metrics.clone();
     let name = route.name.clone();
     let (resp, upstream) =
