@@ -431,6 +431,22 @@ async fn preserve_host_header_keeps_the_port() {
     assert_eq!(header(&up.last(), "host"), Some("preserve.example.com:8443"));
 }
 
+/// Over HTTP/2 the client's authority arrives as `:authority`, with no
+/// `Host` header; the upstream (HTTP/1.1) still gets it as `Host` and
+/// `X-Forwarded-Host`.
+#[tokio::test]
+async fn h2_clients_authority_becomes_host_and_forwarded_host() {
+    let up = Upstream::start("up").await;
+    let p =
+        Postern::start(&config(&[route("https://preserve.example.com", &up.url(), &["preserve_host_header: true"])]));
+    let resp = p.client().get(p.url("preserve.example.com", "/")).send().await.expect("send");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let authority = format!("preserve.example.com:{}", p.addr.port());
+    assert_eq!(header(&up.last(), "host"), Some(authority.as_str()));
+    assert_eq!(header(&up.last(), "x-forwarded-host"), Some(authority.as_str()));
+}
+
 #[tokio::test]
 async fn prefix_rewrite_and_upstream_base_path() {
     let up = Upstream::start("up").await;
