@@ -576,11 +576,11 @@ for t in "${TARGETS[@]}"; do
     RPS[$t]="$(median "${R_RPS[$t]}")"
     P50[$t]="$(median "${R_P50[$t]}")"
     P99[$t]="$(median "${R_P99[$t]}")"
-    CPU_US[$t]="$(median "${R_CPU[$t]}")"
+    CPU_US[$t]="$(printf '%.2f' "$(median "${R_CPU[$t]}")")"
     RPS_RANGE[$t]="$(tr ' ' '\n' <<<"${R_RPS[$t]}" | awk 'NF' | sort -g | awk 'NR == 1 {lo = $1} {hi = $1} END {printf "%.0f-%.0f", lo, hi}')"
     if ((${#PROXY_PIN[@]} > 0)); then
-        PROXY_CORE[$t]="$(median "${R_PCORE[$t]}")%"
-        LOAD_CORE[$t]="$(median "${R_LCORE[$t]}")%"
+        PROXY_CORE[$t]="$(printf '%.0f' "$(median "${R_PCORE[$t]}")")%"
+        LOAD_CORE[$t]="$(printf '%.0f' "$(median "${R_LCORE[$t]}")")%"
     else
         PROXY_CORE[$t]="-"
         LOAD_CORE[$t]="-"
