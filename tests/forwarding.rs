@@ -179,6 +179,23 @@ async fn routes_by_host_wildcard_port_and_path_first_match_wins() {
     assert_eq!(r.status, 404, "other port");
     let r = raw(&p, &http1_get("ported.test", "/")).await;
     assert_eq!(r.status, 404, "no port");
+    // A fully qualified name (trailing dot) and an empty port are the same host.
+    assert_eq!(text(&p, "app.example.com.", "/exact").await, (200, "exact".into()));
+    let r = raw(&p, &http1_get("app.example.com:", "/exact")).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"exact"[..]));
+}
+
+#[tokio::test]
+async fn malformed_host_is_400_and_reaches_no_route() {
+    let p =
+        Postern::start(&config(&[answer("https://app.example.com", "app", &[]), answer("https://[::1]", "v6", &[])]));
+    for bad in ["user@app.example.com", "app.example.com:99999", "app.example.com:+443", "app.example.com:x", "[::1"] {
+        let r = raw(&p, &http1_get(bad, "/")).await;
+        assert_eq!(r.status, 400, "Host {bad:?}");
+        assert_ne!(r.body, b"app", "Host {bad:?}");
+    }
+    let r = raw(&p, &http1_get("[::1]:8443", "/")).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"v6"[..]), "IPv6 literal with a port");
 }
 
 #[tokio::test]

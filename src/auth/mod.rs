@@ -256,8 +256,9 @@ impl Auth {
         // loading ten assets at once must not spend the (rotating)
         // refresh token ten times, which makes IdPs revoke the grant.
         let cell = self.refresh_cell(&session);
-        let outcome = cell
-            .get_or_init(|| async {
+        // Boxed: the refresh future is kilobytes, and every request future
+        // that can reach this point would otherwise carry (and move) it.
+        let outcome = Box::pin(cell.get_or_init(|| async {
                 match oidc.refresh(refresh_token, &session.identity).await {
                     Ok(tokens) => {
                         tracing::debug!(auth.subject = %session.identity.subject, "session refreshed");
@@ -279,7 +280,7 @@ impl Auth {
                         Refresh::Kept
                     }
                 }
-            })
+            }))
             .await;
         match outcome {
             Refresh::Renewed(s) => {

@@ -153,31 +153,26 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 /// Removes hop-by-hop headers and any header named in `Connection`. A
 /// `TE: trailers` survives, as gRPC over HTTP/2 requires it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names finds which hop-by-hop headers are present
-    // (usually none, or `Connection: keep-alive` on responses); only those
-    // are looked up and removed.
+    // One pass over the headers finds which hop-by-hop names are present
+    // (usually none, or `Connection: keep-alive` on responses) and what
+    // `Connection` lists; only those are then removed.
     let mut present = 0u16;
-    for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present |= 1 << i;
+    let mut named: Vec<HeaderName> = Vec::new();
+    let mut keep_te = false;
+    for (name, value) in headers.iter() {
+        let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) else {
+            continue;
+        };
+        present |= 1 << i;
+        if name == header::CONNECTION {
+            named.extend(connection_named_headers(value.as_bytes()));
+        } else if name == header::TE {
+            keep_te |= value.as_bytes().eq_ignore_ascii_case(b"trailers");
         }
     }
     if present == 0 {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // `keep-alive` and `close` are the usual tokens: options, not
-        // (extra) headers to look for.
-        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
-        .filter_map(|n| HeaderName::try_from(n).ok())
-        .filter(|n| !HOP_BY_HOP.contains(n))
-        .collect();
-    let keep_te = headers.get_all(header::TE).iter().any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in &named {
         headers.remove(name);
     }
@@ -189,6 +184,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if keep_te {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// The extra headers a `Connection` value names. `keep-alive` and `close`
+/// are the usual tokens: options, not headers to look for.
+fn connection_named_headers(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .filter(|n| !HOP_BY_HOP.contains(n))
 }
 
 /// Whether the request asks to switch protocols (WebSocket and the like).

@@ -20,7 +20,7 @@ use super::respond::{ProxyError, error_response, is_navigation};
 use crate::auth::endpoints::{self, EndpointRequest, Reply};
 use crate::auth::{Authn, CredentialSource, policy, session};
 use crate::cors;
-use crate::routes::{Action, Route, RouteTable, path};
+use crate::routes::{Action, Route, RouteTable, host, path};
 
 /// Largest form body Postern reads for its own endpoints (sign-out).
 const FORM_LIMIT: usize = 16 * 1024;
@@ -109,14 +109,14 @@ async fn run(
         && a.host == ctx.host
     {
         let ereq = endpoint_request(ctx, req).await?;
-        let reply = endpoints::authenticate_host(&proxy.auth, table, ereq).await?;
+        let reply = Box::pin(endpoints::authenticate_host(&proxy.auth, table, ereq)).await?;
         return Ok(render(reply, ctx));
     }
     if endpoints::is_own_path(&ctx.path) {
         let route = table.first_route_for_host(&ctx.host, port).ok_or(ProxyError::NoRoute)?.clone();
         ctx.route = Some(route.clone());
         let ereq = endpoint_request(ctx, req).await?;
-        let reply = endpoints::route_host(&proxy.auth, &route, table, ereq).await?;
+        let reply = Box::pin(endpoints::route_host(&proxy.auth, &route, table, ereq)).await?;
         return Ok(render(reply, ctx));
     }
     let route = table.lookup(&ctx.host, port, &ctx.path).ok_or(ProxyError::NoRoute)?.clone();
@@ -143,13 +143,12 @@ async fn run(
 /// Host (lowercase, no port) and port the request is for: the request
 /// target's authority (HTTP/2, absolute-form) or the `Host` header.
 fn target(req: &Request<Incoming>) -> Result<(String, Option<u16>), ProxyError> {
-    let authority: http::uri::Authority =
-        client_authority(req).ok_or(ProxyError::NoHost)?.parse().map_err(|_| ProxyError::NoHost)?;
-    let host = authority.host().trim_end_matches('.').to_ascii_lowercase();
+    let (host, port) = client_authority(req).and_then(host::split_host_port).ok_or(ProxyError::NoHost)?;
+    let host = host.trim_end_matches('.');
     if host.is_empty() {
         return Err(ProxyError::NoHost);
     }
-    Ok((host, authority.port_u16()))
+    Ok((host.to_ascii_lowercase(), port))
 }
 
 /// The authority the client asked for, exactly as sent.
@@ -260,8 +259,12 @@ async fn act(
     let out = Outbound::new(req, route, peer, authority, &ctx.path);
     let metrics = proxy.metrics.clone();
     let name = route.name.clone();
+    // Boxed, as are the endpoint and sign-in futures: each enclosing
+    // future would otherwise carry its kilobytes, and every level of
+    // `.await` copies its child whole (measured: memcpy was the largest
+    // single item in a request's profile).
     let (resp, upstream) =
-        forward::forward(route, upstreams, out, move |kind| metrics.upstream_error(&name, kind)).await?;
+        Box::pin(forward::forward(route, upstreams, out, move |kind| metrics.upstream_error(&name, kind))).await?;
     ctx.upstream = Some(upstream);
     let resp = forward::finish_upstream_response(resp, client_upgrade, route.idle_timeout);
     Ok(resp.map(|b| b.map_err(Into::into).boxed()))

@@ -4,7 +4,7 @@
 //! an SPA's `fetch()` can read why a call failed. Bodies never include
 //! upstream addresses or internal error details.
 
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
 use super::body::{ProxyBody, full};
 use crate::auth::{AuthError, OidcError};
@@ -84,10 +84,12 @@ impl ProxyError {
     }
 }
 
+const SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+
 /// Whether the client is a browser navigating (it will render a page),
 /// as opposed to `fetch()`, XHR, curl or an API client.
 pub(crate) fn is_navigation(headers: &HeaderMap) -> bool {
-    if let Some(mode) = headers.get("sec-fetch-mode") {
+    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
         return mode.as_bytes() == b"navigate";
     }
     prefers_html(headers)
@@ -102,12 +104,13 @@ fn prefers_html(headers: &HeaderMap) -> bool {
     let mut other = 0f32;
     for item in accept.split(',') {
         let mut parts = item.split(';');
-        let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+        let media = parts.next().unwrap_or("").trim();
         let q =
             parts.filter_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok())).next().unwrap_or(1.0);
-        if media == "text/html" || media == "application/xhtml+xml" {
+        let is = |m: &str| media.eq_ignore_ascii_case(m);
+        if is("text/html") || is("application/xhtml+xml") {
             html = Some(html.map_or(q, |h| h.max(q)));
-        } else if media == "application/json" || media == "*/*" {
+        } else if is("application/json") || is("*/*") {
             other = other.max(q);
         }
     }

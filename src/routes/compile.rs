@@ -218,13 +218,12 @@ fn parse_from(text: &str) -> Result<FromUrl, String> {
     if !path.is_empty() && path != "/" {
         return Err(format!("{text:?} must not have a path; use `prefix` or `path`"));
     }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-            let port = p.parse::<u16>().map_err(|_| format!("{text:?} has an invalid port {p:?}"))?;
-            (h, Some(port))
+    let (host, port) = super::host::split_host_port(authority).ok_or_else(|| {
+        match authority.rsplit_once(':').filter(|(_, p)| !p.contains(']')) {
+            Some((_, p)) if p.parse::<u16>().is_err() => format!("{text:?} has an invalid port {p:?}"),
+            _ => format!("{text:?} has an invalid host (use ASCII, punycode for international names)"),
         }
-        _ => (authority, None),
-    };
+    })?;
     let host = host.to_ascii_lowercase();
     let bare = host.strip_prefix("*.").unwrap_or(&host);
     if bare.contains('*') {
@@ -315,6 +314,10 @@ mod tests {
         assert!(parse_from("https://a.*.com").unwrap_err().contains("invalid host"));
         assert!(parse_from("https://x/path").unwrap_err().contains("must not have a path"));
         assert!(parse_from("https://x:99999").unwrap_err().contains("invalid port"));
+        let v6 = parse_from("https://[::1]").expect("IPv6 literal");
+        assert_eq!((v6.host.as_str(), v6.port), ("[::1]", None));
+        let v6 = parse_from("https://[::1]:8443").expect("IPv6 literal with a port");
+        assert_eq!((v6.host.as_str(), v6.port), ("[::1]", Some(8443)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! wins, as in Pomerium). Routes on other hosts are never looked at.
 
 mod compile;
+pub(crate) mod host;
 pub(crate) mod path;
 mod route;
 
@@ -19,14 +20,19 @@ pub use route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, Upstream
 
 use crate::config::{Problem, RouteSpec, Settings};
 
+/// Routes by host. A fast seeded hash rather than SipHash: requests only
+/// probe it, so a client cannot pile up colliding keys, and SipHash of
+/// the host was a measurable share of a request's own work.
+type HostIndex = HashMap<String, Vec<Arc<Route>>, foldhash::fast::RandomState>;
+
 /// All routes, indexed by host.
 #[derive(Debug, Default)]
 pub struct RouteTable {
     /// Every route in source order (for listing).
     routes: Vec<Arc<Route>>,
-    exact: HashMap<String, Vec<Arc<Route>>>,
+    exact: HostIndex,
     /// Keyed by the parent domain: `*.example.com` is under `example.com`.
-    wildcard: HashMap<String, Vec<Arc<Route>>>,
+    wildcard: HostIndex,
     /// Peers whose `X-Forwarded-*` headers are believed.
     trusted_proxies: Vec<IpNet>,
 }
