@@ -82,20 +82,19 @@ pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a
 /// that carried a session token, and every client-sent `X-Postern-*` and
 /// `X-Pomerium-*` header (identity headers are Postern's to set).
 pub(crate) fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, authorization_was_ours: bool) {
-    let cookies: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k != cookie_name))
-        .map(str::to_string)
-        .collect();
-    headers.remove(header::COOKIE);
-    if !cookies.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
-    {
-        headers.insert(header::COOKIE, v);
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    let rebuild = match (fields.next(), fields.next()) {
+        (None, _) => false,
+        // HTTP/2 clients send a field per cookie; an HTTP/1.1 upstream
+        // expects them joined into one header.
+        (Some(_), Some(_)) => true,
+        (Some(field), None) => field.as_bytes().split(|&b| b == b';').any(|pair| {
+            let pair = pair.trim_ascii_start();
+            pair.strip_prefix(cookie_name.as_bytes()).is_some_and(|rest| rest.trim_ascii_start().starts_with(b"="))
+        }),
+    };
+    if rebuild {
+        rebuild_cookie_without(headers, cookie_name);
     }
     if authorization_was_ours {
         headers.remove(header::AUTHORIZATION);
@@ -103,6 +102,25 @@ pub(crate) fn strip_credentials(headers: &mut HeaderMap, cookie_name: &str, auth
     let ours: Vec<header::HeaderName> = headers.keys().filter(|k| is_identity_header(k.as_str())).cloned().collect();
     for name in ours {
         headers.remove(name);
+    }
+}
+
+/// Joins the `Cookie` fields into one, leaving out `cookie_name`.
+fn rebuild_cookie_without(headers: &mut HeaderMap, cookie_name: &str) {
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty() && pair.split_once('=').is_none_or(|(k, _)| k.trim_end() != cookie_name))
+        .map(str::to_string)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !cookies.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
     }
 }
 
@@ -217,6 +235,24 @@ mod tests {
         strip_credentials(&mut h, "_postern", false);
         assert!(h.get("cookie").is_none());
         assert_eq!(h["authorization"], "Basic x");
+    }
+
+    #[test]
+    fn cookies_without_ours_pass_as_sent_and_split_fields_are_joined() {
+        let mut h = headers(&[("cookie", "a=1;b=2; _posternX=3")]);
+        strip_credentials(&mut h, "_postern", false);
+        assert_eq!(h["cookie"], "a=1;b=2; _posternX=3", "untouched, spacing and all");
+        let mut h = HeaderMap::new();
+        for field in ["a=1", "_postern=tok", "b=2"] {
+            h.append("cookie", HeaderValue::from_static(field));
+        }
+        strip_credentials(&mut h, "_postern", false);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"]);
+        let mut h = HeaderMap::new();
+        h.append("cookie", HeaderValue::from_static("a=1"));
+        h.append("cookie", HeaderValue::from_static("b=2"));
+        strip_credentials(&mut h, "_postern", false);
+        assert_eq!(h.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2"], "HTTP/2 cookie fields joined");
     }
 
     #[test]
