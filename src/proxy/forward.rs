@@ -17,8 +17,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use futures_util::TryFutureExt;
 use futures_util::future::Either;
+use http_body_util::BodyExt;
 
-use super::body::{Reclaimable, RequestBody};
+use super::body::{ProxyBody, Reclaimable, RequestBody};
+use super::direct::{self, DirectError};
 use super::pool::PoolError;
 use super::respond::ProxyError;
 use crate::routes::{HostHeader, Route, Upstream, UpstreamTls, Upstreams};
@@ -212,12 +214,15 @@ pub(crate) fn upgrade_requested(req: &Request<Incoming>) -> Option<HeaderValue> 
     }
 }
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Sets `X-Forwarded-For/-Proto/-Host`, believing the client's values only
 /// from trusted proxies.
 fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &HeaderValue) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let xfp = HeaderName::from_static("x-forwarded-proto");
-    let xfh = HeaderName::from_static("x-forwarded-host");
+    let (xff, xfp, xfh) = (X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST);
     let prior: Vec<&str> =
         if peer.trusted { headers.get_all(&xff).iter().filter_map(|v| v.to_str().ok()).collect() } else { Vec::new() };
     if prior.is_empty() {
@@ -236,9 +241,11 @@ fn set_forwarded(headers: &mut HeaderMap, peer: &Peer, host: &HeaderValue) {
     if !(peer.trusted && headers.contains_key(&xfh)) {
         headers.insert(xfh, host.clone());
     }
-    if !peer.trusted {
+    // Usually neither is there: a look at the names is cheaper than two
+    // removes, each a hash and a probe.
+    if !peer.trusted && headers.keys().any(|k| k == header::FORWARDED || k == X_REAL_IP) {
         headers.remove(header::FORWARDED);
-        headers.remove(HeaderName::from_static("x-real-ip"));
+        headers.remove(X_REAL_IP);
     }
 }
 
@@ -353,27 +360,37 @@ pub(crate) async fn forward(
     route: &Route,
     upstreams: &Upstreams,
     mut out: Outbound<'_>,
+    mut client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     on_error: impl Fn(&'static str),
-) -> Result<(Response<Incoming>, Arc<str>), ProxyError> {
+) -> Result<(Response<ProxyBody>, Arc<str>), ProxyError> {
     let mut last = ProxyError::UpstreamUnavailable;
     let single = upstreams.targets.len() == 1;
+    let direct = client_upgrade.is_none() && direct::eligible(&out.parts.method, out.body.is_sent());
     for upstream in upstreams.attempt_order() {
         let Some(req) = out.request_for(route, upstream, single) else {
             break;
         };
-        let response = if upstream.scheme == Scheme::HTTP {
-            let authority = upstream.authority.clone();
+        let response = if upstream.scheme == Scheme::HTTP && direct {
+            let authority = &upstream.authority;
             Either::Left(async move {
-                super::pool::send(&authority, req).await.map_err(|e| match e {
+                direct::send(authority, &req).await.map(Answer::Direct).map_err(|e| match e {
+                    DirectError::Connect(e) => SendFailure::Connect(e.to_string()),
+                    e => SendFailure::Other(e.to_string()),
+                })
+            })
+        } else if upstream.scheme == Scheme::HTTP {
+            let authority = &upstream.authority;
+            Either::Right(Either::Left(async move {
+                super::pool::send(authority, req).await.map(Answer::Hyper).map_err(|e| match e {
                     PoolError::Connect(e) => SendFailure::Connect(e.to_string()),
                     PoolError::Request(e) => SendFailure::Other(e.to_string()),
                 })
-            })
+            }))
         } else {
             let client = client_for(&upstreams.tls, upstream.scheme.as_str() == "h2c");
-            Either::Right(client.request(req).map_err(|e| {
+            Either::Right(Either::Right(client.request(req).map_ok(Answer::Hyper).map_err(|e| {
                 if e.is_connect() { SendFailure::Connect(e.to_string()) } else { SendFailure::Other(e.to_string()) }
-            }))
+            })))
         };
         let result = match route.timeout {
             Some(t) if out.body.is_sent() => match tokio::time::timeout(t, response).await {
@@ -402,7 +419,14 @@ pub(crate) async fn forward(
             None => response.await,
         };
         match result {
-            Ok(resp) => return Ok((resp, upstream.label.clone())),
+            Ok(Answer::Hyper(resp)) => {
+                let resp = finish_upstream_response(resp, client_upgrade.take(), route.idle_timeout);
+                return Ok((resp.map(|b| b.map_err(Into::into).boxed()), upstream.label.clone()));
+            }
+            Ok(Answer::Direct(mut resp)) => {
+                strip_hop_by_hop(resp.headers_mut());
+                return Ok((resp, upstream.label.clone()));
+            }
             Err(SendFailure::Connect(e)) => {
                 on_error("connect");
                 tracing::debug!(upstream = %upstream, error = %e, "upstream connect failed; trying the next");
@@ -418,6 +442,12 @@ pub(crate) async fn forward(
     Err(last)
 }
 
+/// An upstream's response, by the client that fetched it.
+enum Answer {
+    Hyper(Response<Incoming>),
+    Direct(Response<ProxyBody>),
+}
+
 /// How sending to one upstream failed: only a connect failure (nothing
 /// sent) lets the next upstream be tried.
 enum SendFailure {
@@ -427,7 +457,7 @@ enum SendFailure {
 
 /// Cleans the upstream response's hop-by-hop headers; for a `101`, splices
 /// the client and upstream connections together in the background.
-pub(crate) fn finish_upstream_response(
+fn finish_upstream_response(
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     idle: Option<Duration>,

@@ -4,6 +4,7 @@
 //! or preface) with every request going through [`pipeline::handle`].
 
 pub(crate) mod body;
+mod direct;
 mod forward;
 mod pipeline;
 mod pool;
@@ -13,6 +14,7 @@ pub mod tls;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -118,9 +120,10 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let peer = Peer::new(peer_addr.ip(), acceptor.is_some());
+            // `map`, not an `async` wrapper: one level less of a request
+            // future that is copied whole when it is created.
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (proxy, peer) = (proxy.clone(), peer.clone());
-                async move { Ok::<_, std::convert::Infallible>(pipeline::handle(proxy, peer, req).await) }
+                pipeline::handle(proxy.clone(), peer.clone(), req).map(Ok::<_, std::convert::Infallible>)
             });
             let builder = connection_builder();
             let result = match acceptor {

@@ -263,11 +263,12 @@ async fn act(
     // future would otherwise carry its kilobytes, and every level of
     // `.await` copies its child whole (measured: memcpy was the largest
     // single item in a request's profile).
-    let (resp, upstream) =
-        Box::pin(forward::forward(route, upstreams, out, move |kind| metrics.upstream_error(&name, kind))).await?;
+    let (resp, upstream) = Box::pin(forward::forward(route, upstreams, out, client_upgrade, move |kind| {
+        metrics.upstream_error(&name, kind)
+    }))
+    .await?;
     ctx.upstream = Some(upstream);
-    let resp = forward::finish_upstream_response(resp, client_upgrade, route.idle_timeout);
-    Ok(resp.map(|b| b.map_err(Into::into).boxed()))
+    Ok(resp)
 }
 
 /// Collects what an endpoint needs from the request (and a small form body).

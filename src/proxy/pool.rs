@@ -105,14 +105,19 @@ fn checkin(authority: &Authority, sender: SendRequest<Reclaimable>) {
     });
 }
 
-async fn connect(authority: &Authority) -> Result<SendRequest<Reclaimable>, PoolError> {
+/// A TCP connection to a plain-HTTP upstream, Nagle off.
+pub(crate) async fn connect_tcp(authority: &Authority) -> std::io::Result<TcpStream> {
     let port = authority.port_u16().unwrap_or(80);
     let host = authority.host().trim_start_matches('[').trim_end_matches(']');
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port)))
         .await
-        .map_err(|_| PoolError::Connect(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")))?
-        .map_err(PoolError::Connect)?;
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect(authority: &Authority) -> Result<SendRequest<Reclaimable>, PoolError> {
+    let stream = connect_tcp(authority).await.map_err(PoolError::Connect)?;
     let (sender, conn) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
