@@ -19,7 +19,7 @@
 //! an error, and such a connection is never reused.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -47,9 +47,9 @@ const MAX_TRAILERS: usize = 16 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 /// Idle connections kept per upstream and thread.
 const MAX_IDLE: usize = 256;
-/// A pooled connection idle longer than this is closed rather than reused:
-/// upstreams close idle keep-alive connections too, and a request written
-/// into one they are closing is lost.
+/// A pooled connection idle longer than this is closed rather than kept:
+/// upstreams close idle keep-alive connections too (a request that meets
+/// one is sent again on a new connection, see [`send`]).
 const IDLE_EXPIRY: Duration = Duration::from_secs(50);
 
 /// Whether a request may take the direct path: a safe, idempotent method
@@ -79,7 +79,10 @@ struct Conn {
     idle_since: Instant,
 }
 
-type IdleMap = HashMap<Box<str>, Vec<Conn>, foldhash::fast::RandomState>;
+/// Idle connections per upstream, oldest first: checkout takes the newest
+/// (least likely to have been closed by the upstream), checkin drops
+/// expired ones from the old end, so a request reads no clock.
+type IdleMap = HashMap<Box<str>, VecDeque<Conn>, foldhash::fast::RandomState>;
 
 thread_local! {
     /// Each worker thread runs its own runtime and keeps its own idle
@@ -88,28 +91,23 @@ thread_local! {
 }
 
 fn checkout(authority: &str) -> Option<Conn> {
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(authority)?;
-        while let Some(conn) = list.pop() {
-            if conn.idle_since.elapsed() < IDLE_EXPIRY {
-                return Some(conn);
-            }
-        }
-        None
-    })
+    IDLE.with(|idle| idle.borrow_mut().get_mut(authority)?.pop_back())
 }
 
 fn checkin(authority: &str, mut conn: Conn) {
-    conn.idle_since = Instant::now();
+    let now = Instant::now();
+    conn.idle_since = now;
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = match idle.get_mut(authority) {
             Some(list) => list,
             None => idle.entry(authority.into()).or_default(),
         };
+        while list.front().is_some_and(|c| now.duration_since(c.idle_since) >= IDLE_EXPIRY) {
+            list.pop_front();
+        }
         if list.len() < MAX_IDLE {
-            list.push(conn);
+            list.push_back(conn);
         }
     });
 }
@@ -215,12 +213,13 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ParsedHead>,
         // Uninitialised slots: zeroing 128 of them cost more than parsing.
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut parsed = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(DirectError::Malformed("too many headers")),
-            Err(_) => return Err(DirectError::Malformed("invalid response head")),
-        };
+        let len =
+            match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut parsed, buf, &mut slots) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => return Ok(None),
+                Err(httparse::Error::TooManyHeaders) => return Err(DirectError::Malformed("too many headers")),
+                Err(_) => return Err(DirectError::Malformed("invalid response head")),
+            };
         let code = parsed.code.unwrap_or(0);
         let status = StatusCode::from_u16(code).map_err(|_| DirectError::Malformed("invalid status"))?;
         if status.is_informational() {
@@ -230,20 +229,27 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ParsedHead>,
             buf.advance(len);
             continue;
         }
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        let http11 = parsed.version == Some(1);
+        // Values are slices of the received head rather than copies; the
+        // framing fields are noted on the way instead of looked up after.
+        let base = buf.as_ptr() as usize;
+        let mut fields = Vec::with_capacity(parsed.headers.len());
+        let mut framing_fields = FramingFields::default();
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| DirectError::Malformed("header name"))?;
-            let value = HeaderValue::from_bytes(h.value).map_err(|_| DirectError::Malformed("header value"))?;
+            framing_fields.note(&name, h.value);
+            let start = h.value.as_ptr() as usize - base;
+            fields.push((name, start..start + h.value.len()));
+        }
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(fields.len());
+        for (name, range) in fields {
+            let value = HeaderValue::from_maybe_shared(head.slice(range))
+                .map_err(|_| DirectError::Malformed("header value"))?;
             headers.append(name, value);
         }
-        let http11 = parsed.version == Some(1);
-        buf.advance(len);
-        let (framing, exact) = framing(&headers, status, head_only)?;
-        let close = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
-        let reusable = http11 && exact && !close && framing != Framing::Close;
+        let (framing, exact) = framing_fields.framing(status, head_only)?;
+        let reusable = http11 && exact && !framing_fields.close && framing != Framing::Close;
         let mut resp = Response::new(());
         *resp.status_mut() = status;
         *resp.version_mut() = Version::HTTP_11;
@@ -252,42 +258,62 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ParsedHead>,
     }
 }
 
-/// The body's framing, and whether it is unambiguous enough to reuse the
-/// connection after it.
-fn framing(headers: &HeaderMap, status: StatusCode, head_only: bool) -> Result<(Framing, bool), DirectError> {
-    if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok((Framing::Done, true));
-    }
-    if let Some(last) = headers.get_all(header::TRANSFER_ENCODING).iter().next_back() {
-        let chunked_last = last
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .is_some_and(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        // With a Content-Length as well, the message may be an attack
-        // (RFC 9112 §6.3): decode by the coding, but never reuse.
-        let exact = !headers.contains_key(header::CONTENT_LENGTH);
-        return Ok(if chunked_last { (Framing::Chunked(Chunk::Size), exact) } else { (Framing::Close, false) });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
-                return Err(DirectError::Malformed("invalid Content-Length"));
+/// What the framing rules need from a response's headers.
+#[derive(Default)]
+struct FramingFields {
+    /// The Content-Length values agreed on so far, or why they do not.
+    length: Option<Result<u64, &'static str>>,
+    /// Whether the last Transfer-Encoding field ends in `chunked`.
+    chunked_last: Option<bool>,
+    /// `Connection: close`.
+    close: bool,
+}
+
+impl FramingFields {
+    fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+        if name == header::CONTENT_LENGTH {
+            for part in tokens() {
+                self.length = Some(match (self.length, parse_length(part)) {
+                    (Some(Err(e)), _) | (_, Err(e)) => Err(e),
+                    (Some(Ok(l)), Ok(n)) if l != n => Err("conflicting Content-Length values"),
+                    (_, Ok(n)) => Ok(n),
+                });
             }
-            let n: u64 = std::str::from_utf8(part).ok().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
-            if length.is_some_and(|l| l != n) {
-                return Err(DirectError::Malformed("conflicting Content-Length values"));
-            }
-            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            self.chunked_last = Some(tokens().next_back().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")));
+        } else if name == header::CONNECTION {
+            self.close |= tokens().any(|t| t.eq_ignore_ascii_case(b"close"));
         }
     }
-    Ok(match length {
-        Some(0) => (Framing::Done, true),
-        Some(n) => (Framing::Length(n), true),
-        None => (Framing::Close, false),
-    })
+
+    /// The body's framing, and whether it is unambiguous enough to reuse
+    /// the connection after it.
+    fn framing(&self, status: StatusCode, head_only: bool) -> Result<(Framing, bool), DirectError> {
+        if head_only || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok((Framing::Done, true));
+        }
+        if let Some(chunked_last) = self.chunked_last {
+            // With a Content-Length as well, the message may be an attack
+            // (RFC 9112 §6.3): decode by the coding, but never reuse.
+            let exact = self.length.is_none();
+            return Ok(if chunked_last { (Framing::Chunked(Chunk::Size), exact) } else { (Framing::Close, false) });
+        }
+        Ok(match self.length {
+            Some(Err(e)) => return Err(DirectError::Malformed(e)),
+            Some(Ok(0)) => (Framing::Done, true),
+            Some(Ok(n)) => (Framing::Length(n), true),
+            None => (Framing::Close, false),
+        })
+    }
+}
+
+/// One Content-Length value: digits only (no sign, no spaces inside).
+fn parse_length(text: &[u8]) -> Result<u64, &'static str> {
+    if text.is_empty() || text.len() > 19 || !text.iter().all(u8::is_ascii_digit) {
+        return Err("invalid Content-Length");
+    }
+    Ok(text.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
 /// A response body read straight from the upstream connection, which goes
