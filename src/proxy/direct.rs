@@ -35,6 +35,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{BoxError, ProxyBody};
+use super::forward::{connection_named_headers, is_hop_by_hop};
 
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -207,7 +208,8 @@ enum Chunk {
 type ParsedHead = (Response<()>, Framing, bool);
 
 /// Parses one response head from the front of `buf`, skipping interim
-/// (1xx) responses. `None` until the whole head has arrived.
+/// (1xx) responses, and leaves out hop-by-hop headers and those
+/// `Connection` names. `None` until the whole head has arrived.
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ParsedHead>, DirectError> {
     loop {
         // Uninitialised slots: zeroing 128 of them cost more than parsing.
@@ -233,14 +235,23 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ParsedHead>,
         // Values are slices of the received head rather than copies; the
         // framing fields are noted on the way instead of looked up after.
         let base = buf.as_ptr() as usize;
+        // Hop-by-hop headers are left out here rather than removed later.
         let mut fields = Vec::with_capacity(parsed.headers.len());
         let mut framing_fields = FramingFields::default();
+        let mut named: Vec<HeaderName> = Vec::new();
         for h in parsed.headers.iter() {
             let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| DirectError::Malformed("header name"))?;
             framing_fields.note(&name, h.value);
+            if is_hop_by_hop(&name) {
+                if name == header::CONNECTION {
+                    named.extend(connection_named_headers(h.value));
+                }
+                continue;
+            }
             let start = h.value.as_ptr() as usize - base;
             fields.push((name, start..start + h.value.len()));
         }
+        fields.retain(|(name, _)| !named.contains(name));
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(fields.len());
         for (name, range) in fields {

@@ -152,6 +152,12 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Whether `name` is a hop-by-hop header (not counting those a
+/// `Connection` header names).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop headers and any header named in `Connection`. A
 /// `TE: trailers` survives, as gRPC over HTTP/2 requires it.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -190,7 +196,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The extra headers a `Connection` value names. `keep-alive` and `close`
 /// are the usual tokens: options, not headers to look for.
-fn connection_named_headers(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+pub(crate) fn connection_named_headers(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
     value
         .split(|&b| b == b',')
         .map(<[u8]>::trim_ascii)
@@ -426,10 +432,8 @@ pub(crate) async fn forward(
                 let resp = finish_upstream_response(resp, client_upgrade.take(), route.idle_timeout);
                 return Ok((resp.map(|b| b.map_err(Into::into).boxed()), upstream.label.clone()));
             }
-            Ok(Answer::Direct(mut resp)) => {
-                strip_hop_by_hop(resp.headers_mut());
-                return Ok((resp, upstream.label.clone()));
-            }
+            // Hop-by-hop headers were left out as the head was read.
+            Ok(Answer::Direct(resp)) => return Ok((resp, upstream.label.clone())),
             Err(SendFailure::Connect(e)) => {
                 on_error("connect");
                 tracing::debug!(upstream = %upstream, error = %e, "upstream connect failed; trying the next");

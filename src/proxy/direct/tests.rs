@@ -133,6 +133,19 @@ async fn content_length_body_then_the_connection_is_reused() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_headers_and_those_connection_names_are_left_out() {
+    let up = Upstream::start(vec![(
+        b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nKeep-Alive: timeout=5\r\nX-Hop: 1\r\n\
+          Transfer-Encoding: chunked\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: 2\r\n\r\n0\r\n\r\n",
+        Then::KeepOpen,
+    )])
+    .await;
+    let resp = send(&up.authority, &get("/", &up.authority)).await.expect("response");
+    let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-kept"]);
+}
+
+#[tokio::test]
 async fn chunked_body_with_trailers_then_reuse() {
     let up = Upstream::start(vec![
         (
