@@ -255,7 +255,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<ParsedHead>,
         // not reach the client, whose framing would then differ from ours
         // (RFC 9112 §6.3).
         let coded = framing_fields.chunked_last.is_some();
-        fields.retain(|(name, _)| !named.contains(name) && !(coded && name == header::CONTENT_LENGTH));
+        fields.retain(|(name, _)| !(named.contains(name) || (coded && name == header::CONTENT_LENGTH)));
         let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(fields.len());
         for (name, range) in fields {
