@@ -159,7 +159,11 @@ pub async fn serve(
 
 fn connection_builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).keep_alive(true);
+    // `writev(false)`: the response head and a small body go out as one
+    // buffer in one `send` rather than a two-part `writev` (about 2% less
+    // CPU per request measured; larger bodies cost a copy, which the kernel
+    // makes anyway).
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).keep_alive(true).writev(false);
     builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
     builder
 }
