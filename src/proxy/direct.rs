@@ -44,8 +44,9 @@ const MAX_HEADERS: usize = 128;
 /// Largest chunk-size line or trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
-/// Read size while streaming a body.
+/// Read size while streaming a body, and the least room a read gets.
 const READ_CHUNK: usize = 16 * 1024;
+const MIN_READ: usize = 2 * 1024;
 /// Idle connections kept per upstream and thread.
 const MAX_IDLE: usize = 256;
 /// A pooled connection idle longer than this is closed rather than kept:
@@ -156,12 +157,21 @@ async fn exchange(
             return Err(fail(DirectError::Malformed("response head too large"), true));
         }
         let received = !conn.buf.is_empty();
-        conn.buf.reserve(READ_CHUNK);
+        make_room(&mut conn.buf);
         match tokio::io::AsyncReadExt::read_buf(&mut conn.stream, &mut conn.buf).await {
             Ok(0) => return Err(fail(DirectError::Io(io::ErrorKind::UnexpectedEof.into()), received)),
             Ok(_) => {}
             Err(e) => return Err(fail(DirectError::Io(e), received)),
         }
+    }
+}
+
+/// Spare capacity for the next read. Only when little is left: the last
+/// response's header values still share the buffer, so growing it means a
+/// new allocation, which a read per request would otherwise pay.
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < MIN_READ {
+        buf.reserve(READ_CHUNK);
     }
 }
 
@@ -369,7 +379,7 @@ impl UpstreamBody {
         let Some(conn) = self.conn.as_mut() else { return Poll::Ready(Ok(0)) };
         loop {
             ready!(conn.stream.poll_read_ready(cx))?;
-            conn.buf.reserve(READ_CHUNK);
+            make_room(&mut conn.buf);
             match conn.stream.try_read_buf(&mut conn.buf) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
