@@ -14,9 +14,10 @@
 //!
 //! Framing is strict, because a proxy that frames a response differently
 //! from its upstream can be made to desynchronise (response splitting): a
-//! `Content-Length` that is not one number, a `Transfer-Encoding` that
-//! does not end in `chunked` alongside a length, or a malformed chunk is
-//! an error, and such a connection is never reused.
+//! `Content-Length` that is not one number refuses the response (502), a
+//! malformed chunk fails the body, and a connection whose framing was in
+//! any way doubtful (a transfer coding beside a length, a body that runs to
+//! the close, bytes past the end of the message) is never reused.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -93,7 +94,32 @@ thread_local! {
 }
 
 fn checkout(authority: &str) -> Option<Conn> {
-    IDLE.with(|idle| idle.borrow_mut().get_mut(authority)?.pop_back())
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(authority)?;
+        while let Some(conn) = list.pop_back() {
+            if still_idle(&conn.stream) {
+                return Some(conn);
+            }
+        }
+        None
+    })
+}
+
+/// Whether nothing arrived on a pooled connection while it was idle: a
+/// server may close it, or send an unsolicited `408` first, which must not
+/// be taken for the answer to the next request. The reactor's readiness
+/// tells without a system call; only when it reports something does a read
+/// find out whether that was stale.
+fn still_idle(stream: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
 }
 
 fn checkin(authority: &str, mut conn: Conn) {

@@ -15,6 +15,8 @@ use super::*;
 enum Then {
     KeepOpen,
     Close,
+    /// Keep the connection, and send these bytes unasked a moment later.
+    Unsolicited(&'static [u8]),
 }
 
 #[derive(Default)]
@@ -61,8 +63,13 @@ impl Upstream {
                         if stream.write_all(bytes).await.is_err() {
                             return;
                         }
-                        if let Then::Close = then {
-                            return;
+                        match then {
+                            Then::KeepOpen => {}
+                            Then::Close => return,
+                            Then::Unsolicited(extra) => {
+                                tokio::time::sleep(Duration::from_millis(30)).await;
+                                let _ = stream.write_all(extra).await;
+                            }
                         }
                     }
                 });
@@ -287,6 +294,26 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_transparently() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(fetch(&up, &get("/", &up.authority)).await.1, b"b");
     assert_eq!(up.connections(), [1, 2]);
+}
+
+#[tokio::test]
+async fn an_unsolicited_answer_on_an_idle_connection_is_not_taken_for_the_next() {
+    let up = Upstream::start(vec![
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na",
+            Then::Unsolicited(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"),
+        ),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb", Then::KeepOpen),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nc", Then::KeepOpen),
+    ])
+    .await;
+    assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, b"a".to_vec(), None));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, b"b".to_vec(), None), "not the 408");
+    // An idle connection with nothing pending is still reused.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, b"c".to_vec(), None));
+    assert_eq!(up.connections(), [1, 2, 2]);
 }
 
 #[tokio::test]
