@@ -364,7 +364,9 @@ impl<'a> Outbound<'a> {
 
 /// Sends the request to the route's upstreams: the scheduled one, then the
 /// others on connect failure (only while the body is still unsent).
-/// Returns the response and the upstream that gave it.
+/// Bodiless GET/HEAD/OPTIONS to plain-http upstreams take the direct
+/// exchange ([`direct`]); everything else goes through hyper. Returns the
+/// response, hop-by-hop headers gone, and the upstream that gave it.
 pub(crate) async fn forward(
     route: &Route,
     upstreams: &Upstreams,
