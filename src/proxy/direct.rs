@@ -20,7 +20,7 @@
 //! the close, bytes past the end of the message) is never reused.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -37,6 +37,7 @@ use tokio::net::TcpStream;
 
 use super::body::{BoxError, ProxyBody};
 use super::forward::{connection_named_headers, is_hop_by_hop};
+use super::pool;
 
 /// Largest response head (status line and headers) accepted.
 const MAX_HEAD: usize = 64 * 1024;
@@ -85,7 +86,7 @@ struct Conn {
 /// Idle connections per upstream, oldest first: checkout takes the newest
 /// (least likely to have been closed by the upstream), checkin drops
 /// expired ones from the old end, so a request reads no clock.
-type IdleMap = HashMap<Box<str>, VecDeque<Conn>, foldhash::fast::RandomState>;
+type IdleMap = pool::IdleMap<VecDeque<Conn>>;
 
 thread_local! {
     /// Each worker thread runs its own runtime and keeps its own idle
@@ -126,17 +127,14 @@ fn checkin(authority: &str, mut conn: Conn) {
     let now = Instant::now();
     conn.idle_since = now;
     IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = match idle.get_mut(authority) {
-            Some(list) => list,
-            None => idle.entry(authority.into()).or_default(),
-        };
-        while list.front().is_some_and(|c| now.duration_since(c.idle_since) >= IDLE_EXPIRY) {
-            list.pop_front();
-        }
-        if list.len() < MAX_IDLE {
-            list.push_back(conn);
-        }
+        pool::with_idle_list(&mut idle.borrow_mut(), authority, |list| {
+            while list.front().is_some_and(|c| now.duration_since(c.idle_since) >= IDLE_EXPIRY) {
+                list.pop_front();
+            }
+            if list.len() < MAX_IDLE {
+                list.push_back(conn);
+            }
+        });
     });
 }
 
@@ -154,7 +152,7 @@ pub(crate) async fn send<B>(authority: &Authority, req: &Request<B>) -> Result<R
             Ok(resp) => return Ok(resp),
         }
     }
-    let stream = super::pool::connect_tcp(authority).await.map_err(DirectError::Connect)?;
+    let stream = pool::connect_tcp(authority).await.map_err(DirectError::Connect)?;
     let conn = Conn { stream, buf: BytesMut::with_capacity(READ_CHUNK), idle_since: Instant::now() };
     exchange(conn, &head, head_only, authority).await.map_err(|f| f.error)
 }
@@ -418,6 +416,17 @@ impl UpstreamBody {
         &mut self.conn.as_mut().expect("a body being read has its connection").buf
     }
 
+    /// Up to `left` bytes of body data (some, never none): what is buffered,
+    /// or the next read. The upstream closing first is an error.
+    fn poll_data(&mut self, cx: &mut Context<'_>, left: u64) -> Poll<Result<Bytes, BoxError>> {
+        if self.buffered().is_empty() && ready!(self.poll_fill(cx))? == 0 {
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
+        }
+        let buf = self.buffered();
+        let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        Poll::Ready(Ok(buf.split_to(take).freeze()))
+    }
+
     /// Fills the buffer until `ready` says it holds what the next step needs.
     fn poll_until(
         &mut self,
@@ -454,13 +463,8 @@ impl Body for UpstreamBody {
                     return Poll::Ready(None);
                 }
                 Framing::Length(left) => {
-                    if this.buffered().is_empty() && ready!(this.poll_fill(cx))? == 0 {
-                        return Poll::Ready(Some(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into())));
-                    }
-                    let buf = this.buffered();
-                    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let data = buf.split_to(take).freeze();
-                    this.framing = Framing::Length(left - take as u64);
+                    let data = ready!(this.poll_data(cx, left))?;
+                    this.framing = Framing::Length(left - data.len() as u64);
                     if this.framing == Framing::Length(0) {
                         this.finish();
                     }
@@ -516,13 +520,8 @@ impl UpstreamBody {
                 Poll::Ready(Ok(None))
             }
             Chunk::Data(left) => {
-                if self.buffered().is_empty() && ready!(self.poll_fill(cx))? == 0 {
-                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()));
-                }
-                let buf = self.buffered();
-                let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let data = buf.split_to(take).freeze();
-                let left = left - take as u64;
+                let data = ready!(self.poll_data(cx, left))?;
+                let left = left - data.len() as u64;
                 self.framing = Framing::Chunked(if left == 0 { Chunk::DataEnd } else { Chunk::Data(left) });
                 Poll::Ready(Ok(Some(Frame::data(data))))
             }

@@ -25,11 +25,21 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle connections by upstream authority, exactly as written in the
 /// route (a fast hash over the raw bytes: `Authority`'s own hash folds
-/// case byte by byte, which showed up in profiles).
-type IdleMap = HashMap<Box<str>, Vec<SendRequest<Reclaimable>>, foldhash::fast::RandomState>;
+/// case byte by byte, which showed up in profiles). This pool's and the
+/// direct exchange's.
+pub(crate) type IdleMap<C> = HashMap<Box<str>, C, foldhash::fast::RandomState>;
+
+/// Runs `f` on the idle list for `authority`, created on first use (the
+/// key is only allocated then).
+pub(crate) fn with_idle_list<C: Default, R>(idle: &mut IdleMap<C>, authority: &str, f: impl FnOnce(&mut C) -> R) -> R {
+    if let Some(list) = idle.get_mut(authority) {
+        return f(list);
+    }
+    f(idle.entry(authority.into()).or_default())
+}
 
 thread_local! {
-    static IDLE: RefCell<IdleMap> = RefCell::new(IdleMap::default());
+    static IDLE: RefCell<IdleMap<Vec<SendRequest<Reclaimable>>>> = RefCell::new(IdleMap::default());
 }
 
 /// Why a pooled send failed.
@@ -91,17 +101,14 @@ fn checkout(authority: &Authority) -> Option<SendRequest<Reclaimable>> {
 /// response body has been read.
 fn checkin(authority: &Authority, sender: SendRequest<Reclaimable>) {
     IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = match idle.get_mut(authority.as_str()) {
-            Some(list) => list,
-            None => idle.entry(authority.as_str().into()).or_default(),
-        };
-        if list.len() >= MAX_IDLE {
-            list.retain(|s| !s.is_closed());
-        }
-        if list.len() < MAX_IDLE {
-            list.push(sender);
-        }
+        with_idle_list(&mut idle.borrow_mut(), authority.as_str(), |list| {
+            if list.len() >= MAX_IDLE {
+                list.retain(|s| !s.is_closed());
+            }
+            if list.len() < MAX_IDLE {
+                list.push(sender);
+            }
+        });
     });
 }
 
