@@ -169,16 +169,18 @@ async fn chunked_body_with_trailers_then_reuse() {
     assert_eq!(up.connections(), [1, 1]);
 }
 
-#[tokio::test]
-async fn body_until_close_is_read_whole_and_never_reused() {
-    let up = Upstream::start(vec![
-        (b"HTTP/1.1 200 OK\r\n\r\nall of it", Then::Close),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", Then::KeepOpen),
-    ])
-    .await;
-    assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, b"all of it".to_vec(), None));
+/// Serves `first`, then a plain answer: the first body must read as
+/// `first_body`, and the second request must have needed a new connection.
+async fn assert_not_reused(first: (&'static [u8], Then), first_body: &[u8]) {
+    let up = Upstream::start(vec![first, (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", Then::KeepOpen)]).await;
+    assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, first_body.to_vec(), None));
     assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, b"x".to_vec(), None));
     assert_eq!(up.connections(), [1, 2]);
+}
+
+#[tokio::test]
+async fn body_until_close_is_read_whole_and_never_reused() {
+    assert_not_reused((b"HTTP/1.1 200 OK\r\n\r\nall of it", Then::Close), b"all of it").await;
 }
 
 #[tokio::test]
@@ -258,14 +260,7 @@ async fn broken_chunks_and_short_bodies_fail_the_stream() {
 
 #[tokio::test]
 async fn extra_bytes_after_a_message_mean_no_reuse() {
-    let up = Upstream::start(vec![
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", Then::KeepOpen),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", Then::KeepOpen),
-    ])
-    .await;
-    assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, b"ok".to_vec(), None));
-    assert_eq!(fetch(&up, &get("/", &up.authority)).await, (200, b"x".to_vec(), None));
-    assert_eq!(up.connections(), [1, 2]);
+    assert_not_reused((b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", Then::KeepOpen), b"ok").await;
 }
 
 #[tokio::test]
