@@ -47,6 +47,10 @@
 # Usage
 #   benches/proxy_vs_nginx.sh                 # build Postern, run all four
 #   POSTERN_BIN=/path/to/postern benches/proxy_vs_nginx.sh   # skip the build
+#   PGO=0 benches/proxy_vs_nginx.sh           # plain `cargo build --release`
+#
+# Postern is built the way it ships: scripts/build-release.sh, a
+# profile-guided build (its header says what the training run covers).
 #   SKIP_POSTERN=1 benches/proxy_vs_nginx.sh  # nginx only (no Postern needed)
 #
 # Environment knobs (defaults in brackets)
@@ -201,14 +205,16 @@ fi
 
 # ------------------------------------------------------------- postern bin ---
 POSTERN=""
+POSTERN_BUILD="given as POSTERN_BIN"
 if [[ "$SKIP_POSTERN" != 1 ]]; then
     if [[ -n "${POSTERN_BIN:-}" ]]; then
         POSTERN="$POSTERN_BIN"
     else
         command -v cargo >/dev/null 2>&1 || die "cargo not found (set POSTERN_BIN or SKIP_POSTERN=1)"
-        log "building postern (release) in $REPO_ROOT"
-        (cd "$REPO_ROOT" && cargo build --release --bin postern)
-        POSTERN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release/postern"
+        log "building postern (scripts/build-release.sh, PGO=${PGO:-1}) in $REPO_ROOT"
+        PGO="${PGO:-1}" "$REPO_ROOT/scripts/build-release.sh"
+        POSTERN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/pgo/postern"
+        POSTERN_BUILD="$([[ "${PGO:-1}" == 0 ]] && echo "plain release" || echo "profile-guided release")"
     fi
     [[ -x "$POSTERN" ]] || die "postern binary not executable: $POSTERN"
 fi
@@ -594,7 +600,7 @@ echo "machine : $NCPU CPUs, ${cpu_model:-unknown CPU}, kernel $(uname -r)"
 echo "pinning : $PIN_DESC"
 echo "nginx   : $nginx_ver (proxy: worker_processes 1, upstream keepalive 64)"
 echo "wrk     : $wrk_ver"
-echo "postern : $postern_ver"
+echo "postern : $postern_ver ($POSTERN_BUILD)"
 echo "openssl : $(openssl version)"
 echo "idle    : background CPU load before the runs: ${BG_LOAD}% of all CPUs$( ((BG_LOAD > 10)) && echo '  <-- NOT idle, numbers skewed')"
 echo "load    : wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency (warm-up $WARMUP), Host: $BENCH_HOST, body 'ok'"
