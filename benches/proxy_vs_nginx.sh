@@ -621,12 +621,15 @@ echo " is ~100%, wrk + upstream cap req/s and us/req is the fairer comparison.)"
 if [[ "$SKIP_POSTERN" != 1 ]]; then
     echo
     echo "Postern / nginx  (throughput: higher is better; p99, CPU/req: lower is better)"
+    echo "(throughput: ratio of the medians; all rounds: of the requests served in all rounds,"
+    echo " which every target ran for the same time)"
     for proto in http https; do
         awk -v p="$proto" -v pr="${RPS[postern-$proto]}" -v nr="${RPS[nginx-$proto]}" \
             -v p9="${P99[postern-$proto]}" -v n9="${P99[nginx-$proto]}" \
-            -v pc="${CPU_US[postern-$proto]}" -v nc="${CPU_US[nginx-$proto]}" 'BEGIN {
-            printf "%-6s throughput %6.2fx   p99 %6.2fx   CPU/req %6.2fx\n", p,
-                (nr > 0 ? pr / nr : 0), (n9 > 0 ? p9 / n9 : 0), (nc > 0 ? pc / nc : 0)
+            -v pc="${CPU_US[postern-$proto]}" -v nc="${CPU_US[nginx-$proto]}" \
+            -v pq="${REQS[postern-$proto]}" -v nq="${REQS[nginx-$proto]}" 'BEGIN {
+            printf "%-6s throughput %6.2fx (all rounds %.2fx)   p99 %6.2fx   CPU/req %6.2fx\n", p,
+                (nr > 0 ? pr / nr : 0), (nq > 0 ? pq / nq : 0), (n9 > 0 ? p9 / n9 : 0), (nc > 0 ? pc / nc : 0)
         }'
     done
 fi
