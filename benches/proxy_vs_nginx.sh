@@ -48,10 +48,10 @@
 #   benches/proxy_vs_nginx.sh                 # build Postern, run all four
 #   POSTERN_BIN=/path/to/postern benches/proxy_vs_nginx.sh   # skip the build
 #   PGO=0 benches/proxy_vs_nginx.sh           # plain `cargo build --release`
+#   SKIP_POSTERN=1 benches/proxy_vs_nginx.sh  # nginx only (no Postern needed)
 #
 # Postern is built the way it ships: scripts/build-release.sh, a
 # profile-guided build (its header says what the training run covers).
-#   SKIP_POSTERN=1 benches/proxy_vs_nginx.sh  # nginx only (no Postern needed)
 #
 # Environment knobs (defaults in brackets)
 #   DURATION [10s]   wrk run length per target and round (Ns, Nm or Nh)
