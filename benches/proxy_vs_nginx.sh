@@ -148,15 +148,8 @@ WARMUP_S="$(duration_secs "$WARMUP")"
 ((CONNECTIONS >= THREADS)) || die "CONNECTIONS must be >= THREADS"
 
 # ---------------------------------------------------------- dependencies ---
-as_root() {
-    if [[ "$(id -u)" == 0 ]]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root or sudo to run: $*"
-    fi
-}
+# shellcheck source=scripts/lib/shell.sh
+source "$REPO_ROOT/scripts/lib/shell.sh"
 
 find_nginx() {
     command -v nginx 2>/dev/null || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; } || true
@@ -241,34 +234,11 @@ end
 LUA
 
 # ------------------------------------------------------------------ ports ---
-# Pick ports below the kernel's ephemeral range (so no outgoing connection,
-# e.g. wrk's or a proxy's upstream socket, can be holding one) and not used by
-# any TCP socket in any state.
-USED_PORTS=" "
-EPHEMERAL_LOW="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
-if ((EPHEMERAL_LOW > 12000)); then
-    PORT_BASE=10000 PORT_SPAN=$((EPHEMERAL_LOW - 10000))
-else
-    PORT_BASE=10000 PORT_SPAN=20000  # unusual range setup: rely on the ss check
-fi
-port_in_use() { [[ -n "$(ss -Htan "sport = :$1" 2>/dev/null)" ]]; }
-free_port() {
-    local p i
-    for ((i = 0; i < 200; i++)); do
-        p=$((PORT_BASE + RANDOM % PORT_SPAN))
-        [[ "$USED_PORTS" == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        USED_PORTS+="$p "
-        echo "$p"
-        return 0
-    done
-    die "no free port found"
-}
-UP_PORT="$(free_port)"
-NGX_HTTP_PORT="$(free_port)"
-NGX_HTTPS_PORT="$(free_port)"
-PST_HTTP_PORT="$(free_port)"
-PST_HTTPS_PORT="$(free_port)"
+free_port UP_PORT
+free_port NGX_HTTP_PORT
+free_port NGX_HTTPS_PORT
+free_port PST_HTTP_PORT
+free_port PST_HTTPS_PORT
 
 # ------------------------------------------------------------ nginx confs ---
 # Temp paths inside $TMP for every module compiled in (so no /var/lib access).

@@ -59,12 +59,8 @@ if [[ "$PGO" == 0 ]]; then
 fi
 
 # ---------------------------------------------------------------- tools ---
-as_root() {
-    if [[ "$(id -u)" == 0 ]]; then "$@"
-    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-    else die "need root or sudo to run: $*"
-    fi
-}
+# shellcheck source=scripts/lib/shell.sh
+source "$REPO/scripts/lib/shell.sh"
 missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v h2load >/dev/null 2>&1 || missing+=(nghttp2-client)
@@ -120,19 +116,8 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Ports below the ephemeral range that no TCP socket uses.
-EPHEMERAL_LOW="$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
-free_port() {
-    local p i
-    for ((i = 0; i < 200; i++)); do
-        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-        [[ -z "$(ss -Htan "sport = :$p" 2>/dev/null)" ]] && { echo "$p"; return 0; }
-    done
-    die "no free port found"
-}
-ORIGIN_PORT="$(free_port)"
-EDGE_PORT="$(free_port)"
-[[ "$ORIGIN_PORT" != "$EDGE_PORT" ]] || EDGE_PORT="$(free_port)"
+free_port ORIGIN_PORT
+free_port EDGE_PORT
 
 ORIGIN="http://127.0.0.1:$ORIGIN_PORT"
 cat >"$TMP/origin.yaml" <<EOF
