@@ -9,9 +9,9 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Auth;
 use crate::config::{self, Config, reload};
 use crate::proxy::tls::{CertResolver, TlsError, server_config};
-use crate::proxy::{self, Proxy, Transport};
+use crate::proxy::{self, Proxy, Transport, admin};
 use crate::routes::{RouteTable, Routes};
-use crate::telemetry::{self, Metrics};
+use crate::telemetry::Metrics;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,19 +52,19 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
     let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone(), Arc::new(auth)));
 
     let stop = CancellationToken::new();
-    let main = telemetry::bind(settings.address, "address").await?;
+    let main = admin::bind(settings.address, "address").await?;
     let transport =
         if settings.insecure_server { Transport::Plain } else { Transport::Tls(server_config(certs.clone())) };
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = settings.http_redirect_addr {
-        let listener = telemetry::bind(addr, "http_redirect_addr").await?;
+        let listener = admin::bind(addr, "http_redirect_addr").await?;
         // The bound port, not the configured one: `address` may say port 0.
         tasks.spawn(proxy::serve_redirect(listener, main.local_addr()?.port(), stop.clone()));
     }
     if let Some(addr) = settings.metrics_address {
-        let listener = telemetry::bind(addr, "metrics_address").await?;
+        let listener = admin::bind(addr, "metrics_address").await?;
         tracing::info!(address = %listener.local_addr()?, "metrics listening");
-        tasks.spawn(telemetry::serve_metrics(listener, metrics.clone(), stop.clone()));
+        tasks.spawn(admin::serve(listener, metrics.clone(), stop.clone()));
     }
     let main_addr = main.local_addr()?;
     let workers = std::thread::available_parallelism().map_or(1, usize::from);

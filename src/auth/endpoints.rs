@@ -9,7 +9,6 @@ use super::{
     AUTHENTICATE_COOKIE_SUFFIX, Auth, AuthError, CALLBACK_TTL, CSRF_COOKIE_SUFFIX, CallbackToken, OAuthState, Purpose,
     SIGN_IN_TTL, Session, SignInRequest, SignOutRequest, now, redirect,
 };
-use crate::routes::{Route, RouteTable};
 
 /// What an endpoint answers.
 #[derive(Debug)]
@@ -42,6 +41,18 @@ pub(crate) struct EndpointRequest<'a> {
     /// Form fields of a POST body (`application/x-www-form-urlencoded`).
     pub form: Vec<(String, String)>,
     pub navigation: bool,
+    /// Whether a host is served by some route: return URLs must be.
+    pub known_host: &'a (dyn Fn(&str) -> bool + Sync),
+}
+
+/// What a route host's endpoints need of the route that owns the host.
+pub(crate) struct RouteHost<'a> {
+    /// The session cookie on this host, as the route compiled it.
+    pub cookie: &'a CookieAttrs,
+    /// For the identity assertion cache and logs.
+    pub route_name: &'a str,
+    /// The route's `from` host: the audience of identity assertions.
+    pub audience: &'a str,
 }
 
 impl EndpointRequest<'_> {
@@ -50,31 +61,19 @@ impl EndpointRequest<'_> {
     }
 }
 
-/// The session cookie attributes on a route's host.
-pub(crate) fn route_cookie<'a>(auth: &'a Auth, route: &'a Route) -> CookieAttrs<'a> {
-    CookieAttrs {
-        name: &auth.cookie.name,
-        domain: route.cookie_domain.as_deref().or(auth.cookie.domain.as_deref()),
-        http_only: route.cookie_http_only.unwrap_or(auth.cookie.http_only),
-        same_site: auth.cookie.same_site,
-        secure: auth.secure_cookies,
-    }
-}
-
 /// `/.postern/*` and the JWKS on a route host.
 pub(crate) async fn route_host(
     auth: &Auth,
-    route: &Route,
-    table: &RouteTable,
+    route: RouteHost<'_>,
     req: EndpointRequest<'_>,
 ) -> Result<Reply, AuthError> {
-    let cookie = route_cookie(auth, route);
+    let cookie = route.cookie;
     match req.path {
         JWKS_PATH => Ok(Reply::Text { content_type: "application/json", body: auth.jwks().to_string() }),
         "/.postern/sign_in" => {
             let target =
                 req.param("redirect_uri").or_else(|| req.param("pomerium_redirect_uri")).unwrap_or_else(|| "/".into());
-            let return_url = redirect::validate(&target, Some(&req.origin), |h| table.has_host(h))?;
+            let return_url = redirect::validate(&target, Some(&req.origin), req.known_host)?;
             let location = auth.sign_in_redirect(&return_url).ok_or(AuthError::NotConfigured)?;
             Ok(Reply::Redirect { location, cookies: vec![] })
         }
@@ -101,7 +100,7 @@ pub(crate) async fn route_host(
         "/.postern/user" => {
             let authn = auth.authenticate(&req.headers).await;
             let Some(session) = authn.session else {
-                return Ok(unauthenticated(auth, &req, table));
+                return Ok(unauthenticated(auth, &req));
             };
             let csrf = auth.sealer.csrf_token(&session.id);
             if req.navigation {
@@ -121,9 +120,9 @@ pub(crate) async fn route_host(
         "/.postern/jwt" => {
             let authn = auth.authenticate(&req.headers).await;
             let Some(session) = authn.session else {
-                return Ok(unauthenticated(auth, &req, table));
+                return Ok(unauthenticated(auth, &req));
             };
-            let jwt = auth.signer.assertion(&session.id, &route.name, req.host, &route.from.host, &session.identity);
+            let jwt = auth.signer.assertion(&session.id, route.route_name, req.host, route.audience, &session.identity);
             Ok(Reply::Text { content_type: "application/jwt", body: jwt })
         }
         "/.postern/sign_out" if req.method == Method::POST => {
@@ -160,11 +159,11 @@ pub(crate) async fn route_host(
 }
 
 /// No session on an endpoint that needs one.
-fn unauthenticated(auth: &Auth, req: &EndpointRequest<'_>, table: &RouteTable) -> Reply {
+fn unauthenticated(auth: &Auth, req: &EndpointRequest<'_>) -> Reply {
     let here = format!("{}{}", req.origin, req.path);
     let sign_in_url = format!("{}/.postern/sign_in?redirect_uri={}", req.origin, encode(&here));
     if req.navigation
-        && let Ok(ret) = redirect::validate(&here, None, |h| table.has_host(h))
+        && let Ok(ret) = redirect::validate(&here, None, req.known_host)
         && let Some(location) = auth.sign_in_redirect(&ret)
     {
         return Reply::Redirect { location, cookies: vec![] };
@@ -176,11 +175,7 @@ fn unauthenticated(auth: &Auth, req: &EndpointRequest<'_>, table: &RouteTable) -
 }
 
 /// Everything on the authenticate host.
-pub(crate) async fn authenticate_host(
-    auth: &Auth,
-    table: &RouteTable,
-    req: EndpointRequest<'_>,
-) -> Result<Reply, AuthError> {
+pub(crate) async fn authenticate_host(auth: &Auth, req: EndpointRequest<'_>) -> Result<Reply, AuthError> {
     let auth_cookie_name = format!("{}{AUTHENTICATE_COOKIE_SUFFIX}", auth.cookie.name);
     let csrf_cookie_name = format!("{}{CSRF_COOKIE_SUFFIX}", auth.cookie.name);
     match req.path {
@@ -192,7 +187,7 @@ pub(crate) async fn authenticate_host(
             if request.exp < now() {
                 return Err(AuthError::BadRequest("expired sign-in request"));
             }
-            let return_url = redirect::validate(&request.return_url, None, |h| table.has_host(h))?;
+            let return_url = redirect::validate(&request.return_url, None, req.known_host)?;
             // Already signed in here: straight back, no IdP round trip.
             if let Some(value) = session::cookie_value(&req.headers, &auth_cookie_name)
                 && let Ok(existing) = auth.sealer.open::<Session>(Purpose::Session, value)

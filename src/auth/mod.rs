@@ -9,11 +9,10 @@
 //! host and usable once. The route host sets its cookie and sends the user
 //! on to where they were going.
 
+mod access;
 mod assertion;
 pub(crate) mod endpoints;
-pub mod identity;
 mod oidc;
-pub(crate) mod policy;
 pub(crate) mod redirect;
 mod seal;
 pub(crate) mod session;
@@ -24,10 +23,12 @@ use std::sync::{Arc, Mutex};
 use http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-pub use identity::Identity;
+pub use crate::identity::Identity;
+pub(crate) use access::{AccessRequest, Denied};
 pub(crate) use oidc::OidcError;
 pub(crate) use seal::{Purpose, Sealer};
-pub(crate) use session::{CookieAttrs, CredentialSource, Session};
+pub use session::CookieAttrs;
+pub(crate) use session::{CredentialSource, Session};
 
 use crate::config::{AuthSettings, CookieSettings};
 use assertion::Signer;
@@ -337,9 +338,9 @@ impl Auth {
     }
 
     /// Cookie attributes for the authenticate host's own cookies.
-    pub(crate) fn authenticate_cookie<'a>(&self, name: &'a str) -> CookieAttrs<'a> {
+    pub(crate) fn authenticate_cookie(&self, name: &str) -> CookieAttrs {
         CookieAttrs {
-            name,
+            name: Arc::from(name),
             domain: None,
             http_only: true,
             same_site: crate::config::SameSite::Lax,

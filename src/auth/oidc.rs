@@ -23,8 +23,8 @@ use openidconnect::{
 };
 use tokio::sync::RwLock;
 
-use super::identity::Identity;
 use crate::config::IdpSettings;
+use crate::identity::Identity;
 
 type OidcClient =
     CoreClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointMaybeSet, EndpointMaybeSet>;
@@ -362,7 +362,7 @@ pub(crate) enum IdpHttpError {
 impl IdpHttp {
     fn new() -> Self {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let roots = crate::proxy::tls::client_roots();
+        let roots = crate::trust::client_roots();
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("ring supports the default protocol versions")

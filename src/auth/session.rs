@@ -1,11 +1,13 @@
 //! The session: what the cookie (or an authorization header) carries, and
 //! how Postern reads and writes it on the wire.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
-use super::identity::Identity;
-use crate::config::SameSite;
+use crate::config::{CookieSettings, SameSite};
+use crate::identity::Identity;
 
 /// One signed-in user. Stateless: the whole session lives, encrypted, in
 /// the cookie, so any Postern with the same `cookie_secret` accepts it.
@@ -134,21 +136,41 @@ fn is_identity_header(name: &str) -> bool {
         .any(|prefix| name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, p)| dash(a) == p))
 }
 
-/// Attributes of the session cookie on one host.
-#[derive(Debug, Clone)]
-pub(crate) struct CookieAttrs<'a> {
-    pub name: &'a str,
-    pub domain: Option<&'a str>,
+/// Attributes of one cookie Postern sets. For a route host's session
+/// cookie this is computed once, when the route table is compiled
+/// ([`CookieAttrs::session`]); requests only format it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookieAttrs {
+    pub name: Arc<str>,
+    pub domain: Option<String>,
     pub http_only: bool,
     pub same_site: SameSite,
     pub secure: bool,
 }
 
-impl CookieAttrs<'_> {
+impl CookieAttrs {
+    /// The session cookie on a route host: the global cookie settings with
+    /// the route's `cookie_domain` / `cookie_http_only` overrides. `Secure`
+    /// unless Postern serves plain HTTP.
+    pub fn session(
+        settings: &CookieSettings,
+        insecure_server: bool,
+        domain: Option<&str>,
+        http_only: Option<bool>,
+    ) -> Self {
+        CookieAttrs {
+            name: Arc::from(settings.name.as_str()),
+            domain: domain.or(settings.domain.as_deref()).map(str::to_string),
+            http_only: http_only.unwrap_or(settings.http_only),
+            same_site: settings.same_site,
+            secure: !insecure_server,
+        }
+    }
+
     /// `Set-Cookie` for `value`, living `max_age` seconds.
     pub(crate) fn set(&self, value: &str, max_age: i64) -> HeaderValue {
         let mut s = format!("{}={value}; Path=/; Max-Age={}", self.name, max_age.max(0));
-        if let Some(d) = self.domain {
+        if let Some(d) = &self.domain {
             s.push_str("; Domain=");
             s.push_str(d);
         }
@@ -258,8 +280,8 @@ mod tests {
     #[test]
     fn set_cookie_attributes() {
         let attrs = CookieAttrs {
-            name: "_postern",
-            domain: Some(".example.com"),
+            name: Arc::from("_postern"),
+            domain: Some(".example.com".into()),
             http_only: false,
             same_site: SameSite::Lax,
             secure: true,

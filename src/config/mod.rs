@@ -23,6 +23,8 @@ use serde_json::Value;
 pub(crate) use raw::parse_duration;
 use raw::{KeyScope, RawRoute, RawSettings};
 
+use crate::suggest::closest;
+
 pub use crate::cors::CorsSpec;
 pub use spec::{
     AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, Origin, Problem, RouteSpec, SameSite,
@@ -512,16 +514,6 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| format!("{text:?} is not an IP address or CIDR range"))
-}
-
-/// The known key nearest to `key`, if it is plausibly a typo of it.
-fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
-    known
-        .iter()
-        .map(|k| (strsim::jaro_winkler(key, k), *k))
-        .filter(|(score, _)| *score > 0.8)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
 }
 
 /// serde_json's messages mention Rust types; say what the user wrote instead.

@@ -36,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::{BoxError, ProxyBody};
-use super::forward::{connection_named_headers, is_hop_by_hop};
+use super::hop::{connection_named_headers, is_hop_by_hop};
 use super::pool;
 
 /// Largest response head (status line and headers) accepted.

@@ -3,9 +3,11 @@
 //! Each accepted connection is served by hyper (HTTP/1.1 and HTTP/2 by ALPN
 //! or preface) with every request going through [`pipeline::handle`].
 
+pub mod admin;
 pub(crate) mod body;
 mod direct;
 mod forward;
+mod hop;
 mod pipeline;
 mod pool;
 mod respond;

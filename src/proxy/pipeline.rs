@@ -17,8 +17,8 @@ use super::Proxy;
 use super::body::{Observed, ProxyBody, empty, full};
 use super::forward::{self, Outbound, Peer};
 use super::respond::{ProxyError, error_response, is_navigation};
-use crate::auth::endpoints::{self, EndpointRequest, Reply};
-use crate::auth::{Authn, CredentialSource, policy, session};
+use crate::auth::endpoints::{self, EndpointRequest, Reply, RouteHost};
+use crate::auth::{AccessRequest, Authn, CredentialSource, session};
 use crate::cors;
 use crate::routes::{Action, Route, RouteTable, host, path};
 
@@ -105,18 +105,20 @@ async fn run(
             }
         };
     (ctx.host, ctx.path) = (host, path);
+    let known_host = |h: &str| table.has_host(h);
     if let Some(a) = &proxy.auth.authenticate
         && a.host == ctx.host
     {
-        let ereq = endpoint_request(ctx, req).await?;
-        let reply = Box::pin(endpoints::authenticate_host(&proxy.auth, table, ereq)).await?;
+        let ereq = endpoint_request(ctx, req, &known_host).await?;
+        let reply = Box::pin(endpoints::authenticate_host(&proxy.auth, ereq)).await?;
         return Ok(render(reply, ctx));
     }
     if endpoints::is_own_path(&ctx.path) {
         let route = table.first_route_for_host(&ctx.host, port).ok_or(ProxyError::NoRoute)?.clone();
         ctx.route = Some(route.clone());
-        let ereq = endpoint_request(ctx, req).await?;
-        let reply = Box::pin(endpoints::route_host(&proxy.auth, &route, table, ereq)).await?;
+        let owner = RouteHost { cookie: &route.cookie, route_name: &route.name, audience: &route.from.host };
+        let ereq = endpoint_request(ctx, req, &known_host).await?;
+        let reply = Box::pin(endpoints::route_host(&proxy.auth, owner, ereq)).await?;
         return Ok(render(reply, ctx));
     }
     let route = table.lookup(&ctx.host, port, &ctx.path).ok_or(ProxyError::NoRoute)?.clone();
@@ -173,50 +175,34 @@ fn origin(ctx: &RequestCtx, req: &Request<Incoming>) -> String {
     format!("{}://{}", ctx.scheme, client_authority(req).unwrap_or(&ctx.host))
 }
 
-/// Policy: reads the session when the route needs one, then decides. No
-/// identity and not allowed → sign in; identity but not allowed → 403.
+/// The sign-in phase: one call into `auth`, which reads the session and
+/// evaluates the route's policy. No identity and not allowed: sign in;
+/// identity but not allowed: 403.
 async fn authorize(
     proxy: &Proxy,
     route: &Route,
     ctx: &mut RequestCtx,
     req: &Request<Incoming>,
 ) -> Result<Authn, ProxyError> {
-    let public = route.policy.is_public();
-    let authn = if !public || route.pass_identity_headers {
-        proxy.auth.authenticate(req.headers()).await
-    } else {
-        Authn::default()
-    };
-    let cookie = endpoints::route_cookie(&proxy.auth, route);
-    if authn.ended {
-        ctx.cookies.push(cookie.clear());
-    }
-    if let Some(s) = &authn.session {
-        ctx.subject = Some(s.identity.subject.clone());
-        if authn.refreshed && authn.source == Some(CredentialSource::Cookie) {
-            ctx.cookies.push(cookie.set(&proxy.auth.seal_session(s), s.expires_at - crate::auth::now()));
-        }
-    }
-    let decision = route.policy.evaluate(&policy::Request {
-        identity: authn.session.as_ref().map(|s| &s.identity),
-        method: req.method().as_str(),
-        path: &ctx.path,
-        cors_preflight: cors::is_preflight(req.method(), req.headers()),
-    });
-    match (decision, &authn.session) {
-        (policy::Decision::Allow, _) => Ok(authn),
-        (policy::Decision::Deny, Some(_)) => Err(ProxyError::Forbidden),
-        (policy::Decision::Deny, None) => {
-            let here = format!("{}{}", origin(ctx, req), req.uri().path_and_query().map_or("/", |p| p.as_str()));
-            let can = proxy.auth.can_sign_in();
-            Err(ProxyError::Unauthenticated {
-                sign_in_url: can.then(|| {
-                    format!("{}/.postern/sign_in?redirect_uri={}", origin(ctx, req), endpoints::encode(&here))
-                }),
-                redirect: proxy.auth.sign_in_redirect(&here),
-            })
-        }
-    }
+    let origin = origin(ctx, req);
+    let access = proxy
+        .auth
+        .authorize(&AccessRequest {
+            headers: req.headers(),
+            method: req.method().as_str(),
+            path: &ctx.path,
+            origin: &origin,
+            path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
+            cors_preflight: cors::is_preflight(req.method(), req.headers()),
+            policy: &route.policy,
+            cookie: &route.cookie,
+            wants_identity: route.pass_identity_headers,
+        })
+        .await;
+    ctx.cookies.extend(access.set_cookies);
+    let authn = access.decision?;
+    ctx.subject = authn.session.as_ref().map(|s| s.identity.subject.clone());
+    Ok(authn)
 }
 
 async fn act(
@@ -240,7 +226,7 @@ async fn act(
     };
     session::strip_credentials(
         req.headers_mut(),
-        &proxy.auth.cookie.name,
+        &route.cookie.name,
         authn.source == Some(CredentialSource::Authorization),
     );
     if route.pass_identity_headers
@@ -272,7 +258,11 @@ async fn act(
 }
 
 /// Collects what an endpoint needs from the request (and a small form body).
-async fn endpoint_request<'a>(ctx: &'a RequestCtx, req: Request<Incoming>) -> Result<EndpointRequest<'a>, ProxyError> {
+async fn endpoint_request<'a>(
+    ctx: &'a RequestCtx,
+    req: Request<Incoming>,
+    known_host: &'a (dyn Fn(&str) -> bool + Sync),
+) -> Result<EndpointRequest<'a>, ProxyError> {
     let origin = origin(ctx, &req);
     let (parts, body) = req.into_parts();
     let is_form = parts
@@ -298,6 +288,7 @@ async fn endpoint_request<'a>(ctx: &'a RequestCtx, req: Request<Incoming>) -> Re
         host: &ctx.host,
         form,
         navigation: ctx.navigation,
+        known_host,
     })
 }
 

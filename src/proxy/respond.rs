@@ -7,7 +7,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 
 use super::body::{ProxyBody, full};
-use crate::auth::{AuthError, OidcError};
+use crate::auth::{AuthError, Denied, OidcError};
 use crate::routes::path::PathError;
 
 /// Why the proxy answered a request itself.
@@ -43,6 +43,15 @@ pub(crate) enum ProxyError {
     /// The upstream broke the protocol or the connection mid-request.
     #[error("upstream failed")]
     UpstreamFailed,
+}
+
+impl From<Denied> for ProxyError {
+    fn from(denied: Denied) -> Self {
+        match denied {
+            Denied::Forbidden => ProxyError::Forbidden,
+            Denied::SignInRequired { sign_in_url, redirect } => ProxyError::Unauthenticated { sign_in_url, redirect },
+        }
+    }
 }
 
 impl ProxyError {

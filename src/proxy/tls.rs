@@ -129,18 +129,6 @@ fn self_signed(names: &[String]) -> Result<CertifiedKey, TlsError> {
     })
 }
 
-/// Trust anchors for outgoing TLS (upstreams, the IdP): Mozilla's roots
-/// (webpki-roots) plus whatever the system trusts, so a private CA
-/// installed on the host works too.
-pub(crate) fn client_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    roots
-}
-
 /// rustls server config with our resolver and ALPN for h2 and http/1.1.
 pub fn server_config(resolver: Arc<CertResolver>) -> Arc<rustls::ServerConfig> {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

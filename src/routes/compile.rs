@@ -10,9 +10,10 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
 use super::route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams};
-use crate::auth::policy::{Policy, PolicySpec};
+use crate::auth::CookieAttrs;
 use crate::config::{Problem, RouteSpec, Settings};
 use crate::cors::CorsPolicy;
+use crate::policy::{Policy, PolicySpec};
 
 /// Headers a route may not set or remove: the proxy owns them.
 const PROTECTED_REQUEST_HEADERS: &[&str] =
@@ -146,8 +147,12 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         allow_websockets: spec.allow_websockets,
         policy,
         pass_identity_headers: spec.pass_identity_headers,
-        cookie_domain: spec.cookie_domain.clone(),
-        cookie_http_only: spec.cookie_http_only,
+        cookie: CookieAttrs::session(
+            &settings.auth.cookie,
+            settings.insecure_server,
+            spec.cookie_domain.as_deref(),
+            spec.cookie_http_only,
+        ),
         cors_allow_preflight: spec.cors_allow_preflight,
         cors,
     })

@@ -9,9 +9,10 @@ use http::{HeaderName, HeaderValue};
 use regex::Regex;
 use rustls_pki_types::CertificateDer;
 
-use crate::auth::policy::Policy;
+use crate::auth::CookieAttrs;
 use crate::config::{DirectResponse, Origin};
 use crate::cors::CorsPolicy;
+use crate::policy::Policy;
 
 /// One route of the table. Immutable; shared by every request that matches.
 #[derive(Debug)]
@@ -36,9 +37,9 @@ pub struct Route {
     pub(crate) policy: Policy,
     /// Send `X-Postern-Jwt-Assertion` upstream.
     pub pass_identity_headers: bool,
-    /// Overrides of the global cookie settings for this route's host.
-    pub cookie_domain: Option<String>,
-    pub cookie_http_only: Option<bool>,
+    /// The session cookie on this route's host: the global cookie settings
+    /// with the route's `cookie_domain` / `cookie_http_only`, worked out once.
+    pub cookie: CookieAttrs,
     /// Preflights skip sign-in and policy (and go to the upstream).
     pub cors_allow_preflight: bool,
     /// Postern's own CORS answers for this route.
