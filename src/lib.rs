@@ -2,6 +2,24 @@
 //!
 //! Data flows one way: config source → [`config::RouteSpec`] →
 //! [`routes::RouteTable`] → the per-request pipeline in [`proxy`].
+//!
+//! Dependency order (a module imports only modules below it; no module
+//! imports one that imports it back, folders included):
+//!
+//! ```text
+//! cli → serve → proxy → routes → auth → policy → config → cors
+//!                                                  ↘ identity, suggest, trust, telemetry (leaves)
+//! ```
+//!
+//! - `config` is the model every source produces (`Settings`, `RouteSpec`).
+//! - `routes` compiles specs into the table; a route carries its compiled
+//!   `policy` and its session cookie attributes (`auth::CookieAttrs`).
+//! - `auth` is the sign-in phase (`Auth::authorize`) and Postern's endpoints;
+//!   it is handed the matched route's settings, never the table.
+//! - `proxy` is the server: listeners, the request pipeline, forwarding and
+//!   the admin listener (`/metrics`, `/healthz`, `/readyz`).
+//! - `serve` wires sources to the live table: the file reloader (and the
+//!   cluster, `k8s`) hand their specs to the same place.
 
 pub mod auth;
 pub mod cli;
