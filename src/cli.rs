@@ -1,4 +1,4 @@
-//! The command line: `serve`, `check`, `routes`.
+//! The command line: `serve`, `check`, `routes`, `crd`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -15,6 +15,8 @@ Examples:
   postern serve --config examples/quickstart.yaml
   postern check --config config.yaml
   postern routes --config config.yaml --output json
+  postern serve --config settings.yaml --kubernetes --kubeconfig ~/.kube/config
+  postern crd | kubectl apply -f -
   postern --log-format json serve --config /etc/postern/config.yaml";
 
 #[derive(Parser)]
@@ -40,7 +42,14 @@ enum Command {
         /// How long in-flight requests may finish after SIGTERM/SIGINT (e.g. 30s).
         #[arg(long, default_value = "30s", value_parser = parse_grace)]
         shutdown_grace: Duration,
+        /// Also take routes from the cluster (as `kubernetes.enabled: true`).
+        #[arg(long)]
+        kubernetes: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
+    /// Print the Route CustomResourceDefinition (YAML) for `kubectl apply -f -`.
+    Crd,
     /// Validate a config file and print every problem; exit 1 if there is any.
     Check {
         #[arg(long, short)]
@@ -53,6 +62,18 @@ enum Command {
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
     },
+}
+
+/// Which cluster to talk to: these, else the in-cluster service account,
+/// else `KUBECONFIG` / `~/.kube/config`.
+#[derive(clap::Args)]
+struct ClusterArgs {
+    /// A kubeconfig file.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// A context of the kubeconfig.
+    #[arg(long)]
+    context: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -68,7 +89,15 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, shutdown_grace } => {
+        Command::Crd => {
+            print!("{}", crate::k8s::crd::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Serve { config, shutdown_grace, kubernetes, cluster } => {
+            let cluster = crate::serve::Cluster {
+                enable: kubernetes,
+                client: crate::k8s::ClientOptions { kubeconfig: cluster.kubeconfig, context: cluster.context },
+            };
             telemetry::init_logging(cli.log_format, &cli.log_level);
             // Control work only (reload, metrics, signals); requests run on
             // the per-core workers that `serve` starts.
@@ -79,7 +108,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::serve::run(config, shutdown_grace)) {
+            match runtime.block_on(crate::serve::run(config, shutdown_grace, cluster)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(crate::serve::ServeError::Config(config::Error::Invalid { problems, .. })) => {
                     for p in &problems {

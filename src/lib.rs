@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod cors;
 pub mod identity;
+pub mod k8s;
 pub(crate) mod policy;
 pub mod proxy;
 pub mod routes;

@@ -27,10 +27,15 @@ use crate::suggest::closest;
 
 pub use crate::cors::CorsSpec;
 pub use spec::{
-    AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, Origin, Problem, RouteSpec, SameSite,
-    Secret, Settings,
+    AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, KubernetesSettings, Origin, Problem, Publish,
+    RouteSpec, SameSite, Secret, Settings,
 };
-pub use yaml::SourceMap;
+pub use yaml::{SourceMap, to_yaml};
+
+/// A YAML (or JSON) value from a string, as annotations carry maps and lists.
+pub fn parse_yaml_value(text: &str) -> Result<Value, String> {
+    yaml::parse(text).map(|(v, _)| v).map_err(|e| format!("line {}: {}", e.line, e.message))
+}
 
 /// Why a config file could not be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +84,8 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
     let Value::Object(top) = &mut root else {
         return Err(Error::NotAMapping { file: file.to_string(), found });
     };
-    let loader = Loader { base: base.to_path_buf(), file: Arc::from(file), source: Arc::new(source) };
+    let loader =
+        Loader { base: base.to_path_buf(), source: Source::File { file: Arc::from(file), map: Arc::new(source) } };
     let origin = loader.origin(String::new());
 
     let mut problems = Vec::new();
@@ -111,15 +117,58 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
     }
 }
 
+/// Checks one route given as route keys (the file format's snake_case
+/// keys, as a JSON object) from a source other than the file: a Kubernetes
+/// object's annotations or spec. Every problem names `origin` and the key;
+/// `None` when there is any.
+pub fn route_from_keys(origin: &Origin, keys: serde_json::Map<String, Value>, problems: &mut Vec<Problem>) -> Option<RouteSpec> {
+    let loader = Loader { base: PathBuf::new(), source: Source::Object(origin.clone()) };
+    loader.route_at("", Value::Object(keys), problems)
+}
+
+/// The route keys a user may write (for "did you mean" in other sources).
+pub fn route_keys() -> &'static [&'static str] {
+    raw::known_keys(KeyScope::Route)
+}
+
 struct Loader {
     base: PathBuf,
-    file: Arc<str>,
-    source: Arc<SourceMap>,
+    source: Source,
+}
+
+/// Where the values being loaded come from.
+enum Source {
+    /// A config file: problems name the key path (`routes[2].to`) and its
+    /// line; relative file names resolve against `base`.
+    File { file: Arc<str>, map: Arc<SourceMap> },
+    /// A Kubernetes object: problems name the object and the field; keys
+    /// that read files from the proxy's disk (`*_file`) are refused.
+    Object(Origin),
 }
 
 impl Loader {
     fn origin(&self, path: String) -> Origin {
-        Origin::File { file: self.file.clone(), path, source: self.source.clone() }
+        match &self.source {
+            Source::File { file, map } => Origin::File { file: file.clone(), path, source: map.clone() },
+            Source::Object(origin) => origin.clone(),
+        }
+    }
+
+    /// A problem at key path `path` (relative to the file's top level, or
+    /// to the object's route keys), field `field` inside it.
+    fn problem(&self, path: &str, field: Option<&str>, message: impl Into<String>) -> Problem {
+        match &self.source {
+            Source::File { .. } => Problem::new(&self.origin(path.to_string()), field, message),
+            Source::Object(origin) => {
+                let full = match (path, field) {
+                    ("", f) => f.map(str::to_string),
+                    (p, None) => Some(p.to_string()),
+                    (p, Some(f)) if f.starts_with('[') => Some(format!("{p}{f}")),
+                    (p, Some(f)) => Some(format!("{p}.{f}")),
+                };
+                Problem::new(origin, full.as_deref(), message)
+            }
+        }
     }
 
     /// Reports every key `scope` does not know (with the closest known key)
@@ -139,10 +188,11 @@ impl Loader {
             if let Some(best) = closest(&key, known) {
                 message.push_str(&format!("; did you mean `{best}`?"));
             }
-            problems.push(Problem::new(&self.origin(path.to_string()), Some(&key), message));
+            problems.push(self.problem(path, Some(&key), message));
         }
         let nested: &[(&str, KeyScope)] = match scope {
-            KeyScope::Settings => &[("certificates", KeyScope::Certificate)],
+            KeyScope::Settings => &[("certificates", KeyScope::Certificate), ("kubernetes", KeyScope::Kubernetes)],
+            KeyScope::Kubernetes => &[("route_defaults", KeyScope::Route)],
             KeyScope::Route => &[("response", KeyScope::Response), ("cors", KeyScope::Cors)],
             _ => &[],
         };
@@ -170,11 +220,7 @@ impl Loader {
                 let inner = err.path().to_string();
                 let field = if inner == "." { None } else { Some(inner) };
                 let message = err.into_inner().to_string();
-                problems.push(Problem::new(
-                    &self.origin(path.to_string()),
-                    field.as_deref(),
-                    tidy_serde_message(&message),
-                ));
+                problems.push(self.problem(path, field.as_deref(), tidy_serde_message(&message)));
                 None
             }
         }
@@ -234,6 +280,11 @@ impl Loader {
             }
         }
         settings.auth = self.auth_settings(&raw, &mut bad);
+        if let Some(k) = raw.kubernetes {
+            let (kubernetes, defaults_problems) = self.kubernetes_settings(k, &mut bad);
+            settings.kubernetes = kubernetes;
+            problems.extend(defaults_problems);
+        }
         Some(settings)
     }
 
@@ -346,6 +397,68 @@ impl Loader {
         auth
     }
 
+    /// `kubernetes:`. `route_defaults` is checked as route keys (with
+    /// positions); its problems are returned apart.
+    fn kubernetes_settings(
+        &self,
+        raw: raw::RawKubernetes,
+        bad: &mut impl FnMut(&str, String),
+    ) -> (KubernetesSettings, Vec<Problem>) {
+        let mut k = KubernetesSettings { enabled: raw.enabled, namespaces: raw.namespaces, ..Default::default() };
+        for (field, value, slot) in [
+            ("kubernetes.ingress_class", raw.ingress_class, &mut k.ingress_class),
+            ("kubernetes.controller_name", raw.controller_name, &mut k.controller_name),
+        ] {
+            match value {
+                Some(v) if v.trim().is_empty() => bad(field, "must not be empty".into()),
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
+        for (i, ns) in k.namespaces.iter().enumerate() {
+            if !is_dns_label(ns) {
+                bad(&format!("kubernetes.namespaces[{i}]"), format!("{ns:?} is not a namespace name"));
+            }
+        }
+        k.publish = match (raw.publish_address, raw.publish_service) {
+            (Some(_), Some(_)) => {
+                bad("kubernetes.publish_service", "set either publish_address or publish_service, not both".into());
+                None
+            }
+            (Some(a), None) if a.trim().is_empty() => {
+                bad("kubernetes.publish_address", "must not be empty".into());
+                None
+            }
+            (Some(a), None) => Some(Publish::Address(a)),
+            (None, Some(s)) => match s.split_once('/') {
+                Some((ns, name)) if is_dns_label(ns) && is_dns_label(name) => {
+                    Some(Publish::Service { namespace: ns.to_string(), name: name.to_string() })
+                }
+                _ => {
+                    bad("kubernetes.publish_service", format!("{s:?} must be namespace/name of a Service"));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(l) = raw.leader_election {
+            k.leader_election = l;
+        }
+        let mut problems = Vec::new();
+        if let Some(defaults) = raw.route_defaults {
+            let path = "kubernetes.route_defaults";
+            for key in defaults.keys().filter(|key| PER_OBJECT_KEYS.contains(&key.as_str())) {
+                problems.push(self.problem(path, Some(key), "is set by each object, not as a default"));
+            }
+            let mut probe = defaults.clone();
+            probe.insert("from".into(), Value::String("https://route-defaults.invalid".into()));
+            if problems.is_empty() && self.route_at(path, Value::Object(probe), &mut problems).is_some() {
+                k.route_defaults = defaults;
+            }
+        }
+        (k, problems)
+    }
+
     /// A secret given inline (`key`) or in a file (`key_file`), not both.
     fn secret_value(
         &self,
@@ -399,44 +512,52 @@ impl Loader {
     }
 
     fn route(&self, index: usize, value: Value, problems: &mut Vec<Problem>) -> Option<RouteSpec> {
-        let path = format!("routes[{index}]");
-        let origin = self.origin(path.clone());
+        self.route_at(&format!("routes[{index}]"), value, problems)
+    }
+
+    /// One route's keys at key path `path` (empty for an object's route).
+    fn route_at(&self, path: &str, value: Value, problems: &mut Vec<Problem>) -> Option<RouteSpec> {
+        let origin = self.origin(path.to_string());
         let mut value = value;
         let Value::Object(object) = &mut value else {
-            problems.push(Problem::new(
-                &origin,
-                None,
-                format!("a route must be a mapping, found {}", raw::kind(&value)),
-            ));
+            problems.push(self.problem(path, None, format!("a route must be a mapping, found {}", raw::kind(&value))));
             return None;
         };
         let before = problems.len();
-        self.drop_unknown_keys(object, &path, KeyScope::Route, problems);
-        let raw: RawRoute = self.deserialize(value, &path, problems)?;
+        self.drop_unknown_keys(object, path, KeyScope::Route, problems);
+        let raw: RawRoute = self.deserialize(value, path, problems)?;
         if problems.len() > before {
             return None;
         }
         let tls_custom_ca = match (raw.tls_custom_ca, raw.tls_custom_ca_file) {
             (Some(_), Some(_)) => {
-                problems.push(Problem::new(
-                    &origin,
+                problems.push(self.problem(
+                    path,
                     Some("tls_custom_ca_file"),
                     "set either tls_custom_ca or tls_custom_ca_file, not both",
                 ));
                 return None;
             }
             (Some(pem), None) => Some(pem),
+            (None, Some(_)) if matches!(self.source, Source::Object(_)) => {
+                problems.push(self.problem(
+                    path,
+                    Some("tls_custom_ca_file"),
+                    "cannot read files from the proxy's disk; give the PEM in tls_custom_ca",
+                ));
+                return None;
+            }
             (None, Some(file)) => match self.pem_or_file(&file) {
                 Ok(pem) => Some(pem),
                 Err(e) => {
-                    problems.push(Problem::new(&origin, Some("tls_custom_ca_file"), e));
+                    problems.push(self.problem(path, Some("tls_custom_ca_file"), e));
                     return None;
                 }
             },
             (None, None) => None,
         };
         let Some(from) = raw.from else {
-            problems.push(Problem::new(&origin, None, "route has no `from`"));
+            problems.push(self.problem(path, None, "route has no `from`"));
             return None;
         };
         Some(RouteSpec {
@@ -481,6 +602,19 @@ impl Loader {
             }),
         })
     }
+}
+
+/// Route keys that say which requests a route takes and where they go:
+/// each cluster object sets its own, so they cannot be defaults.
+const PER_OBJECT_KEYS: &[&str] = &["from", "to", "response", "prefix", "path", "regex"];
+
+/// A Kubernetes object name part: a DNS-1123 label.
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
 }
 
 /// `:443`, `0.0.0.0:443`, `[::1]:8443`, `localhost:8080`.

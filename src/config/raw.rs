@@ -42,12 +42,31 @@ pub(super) struct RawSettings {
     pub cookie_expire: Option<Duration>,
     pub signing_key: Option<String>,
     pub signing_key_file: Option<String>,
+    pub kubernetes: Option<RawKubernetes>,
     /// Declared so `routes` is a known key; `super::parse` takes the routes
     /// out first and checks them one at a time, so one bad route does not
     /// hide the others.
     #[serde(default)]
     #[allow(dead_code)]
     pub routes: Vec<serde::de::IgnoredAny>,
+}
+
+/// `kubernetes:`: the cluster as a second source of routes.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    #[serde(default)]
+    pub enabled: bool,
+    pub ingress_class: Option<String>,
+    pub controller_name: Option<String>,
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    pub publish_address: Option<String>,
+    pub publish_service: Option<String>,
+    pub leader_election: Option<bool>,
+    /// Route keys applied to every cluster route that does not set them;
+    /// checked as route keys by `super::Loader`.
+    pub route_defaults: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One entry of `certificates`: file paths, or inline PEM.
@@ -152,6 +171,7 @@ pub(super) fn known_keys(object: KeyScope) -> &'static [&'static str] {
         KeyScope::Response => field_names::<RawResponse>(),
         KeyScope::Certificate => field_names::<RawCertificate>(),
         KeyScope::Cors => field_names::<RawCors>(),
+        KeyScope::Kubernetes => field_names::<RawKubernetes>(),
     }
 }
 
@@ -162,6 +182,7 @@ pub(super) enum KeyScope {
     Response,
     Certificate,
     Cors,
+    Kubernetes,
 }
 
 /// The field names serde knows for `T`, read from its derived `Deserialize`

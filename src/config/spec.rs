@@ -35,6 +35,49 @@ pub struct Settings {
     pub default_upstream_timeout: Duration,
     /// Sign-in and sessions.
     pub auth: AuthSettings,
+    /// The cluster as a source of routes, backends and certificates.
+    pub kubernetes: KubernetesSettings,
+}
+
+/// `kubernetes:`: watch Ingress objects and Route resources.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KubernetesSettings {
+    pub enabled: bool,
+    /// Ingresses of this class are ours (`postern`).
+    pub ingress_class: String,
+    /// The IngressClass `spec.controller` that names us.
+    pub controller_name: String,
+    /// Namespaces to watch; empty: all.
+    pub namespaces: Vec<String>,
+    /// What `Ingress.status.loadBalancer` says.
+    pub publish: Option<Publish>,
+    pub leader_election: bool,
+    /// Route keys (file format) applied to every cluster route that does not
+    /// set them; already checked.
+    pub route_defaults: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Default for KubernetesSettings {
+    fn default() -> Self {
+        KubernetesSettings {
+            enabled: false,
+            ingress_class: "postern".into(),
+            controller_name: "postern.dev/ingress-controller".into(),
+            namespaces: Vec::new(),
+            publish: None,
+            leader_election: true,
+            route_defaults: serde_json::Map::new(),
+        }
+    }
+}
+
+/// The address written to `Ingress.status.loadBalancer`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// An IP address or a host name.
+    Address(String),
+    /// A Service's load-balancer address (`namespace`, `name`).
+    Service { namespace: String, name: String },
 }
 
 /// Sign-in (OpenID Connect) and session settings.
@@ -119,6 +162,7 @@ impl Default for Settings {
             metrics_address: None,
             default_upstream_timeout: Duration::from_secs(30),
             auth: AuthSettings::default(),
+            kubernetes: KubernetesSettings::default(),
         }
     }
 }

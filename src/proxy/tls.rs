@@ -42,6 +42,19 @@ impl CertResolver {
     /// Builds the set from configured certificates, or generates a
     /// self-signed one for `fallback_names` when there are none.
     pub fn replace(&self, certs: &[CertifiedKey], fallback_names: &[String]) -> Result<bool, TlsError> {
+        self.replace_with(certs, &[], fallback_names).map(|(generated, _)| generated)
+    }
+
+    /// As [`replace`](Self::replace), plus certificates served only for
+    /// the names they cover (the cluster's TLS Secrets), never as the
+    /// fallback. One of those that cannot be used is left out and returned,
+    /// not an error: one bad Secret must not take the listener down.
+    pub fn replace_with(
+        &self,
+        certs: &[CertifiedKey],
+        by_name: &[CertifiedKey],
+        fallback_names: &[String],
+    ) -> Result<(bool, Vec<TlsError>), TlsError> {
         let provider = rustls::crypto::ring::default_provider();
         let mut set = SniCerts::default();
         let generated = certs.is_empty();
@@ -66,8 +79,27 @@ impl CertResolver {
             }
             set.fallback.get_or_insert(signing);
         }
+        let mut skipped = Vec::new();
+        for ck in by_name {
+            let loaded = provider
+                .key_provider
+                .load_private_key(ck.key.clone_key())
+                .map_err(|source| TlsError::Key { origin: ck.origin.clone(), source })
+                .and_then(|key| Ok((Arc::new(SigningKey::new(ck.chain.clone(), key)), dns_names(ck)?)));
+            match loaded {
+                Ok((signing, names)) => {
+                    for name in names {
+                        match name.strip_prefix("*.") {
+                            Some(parent) => set.wildcard.entry(parent.to_string()).or_insert_with(|| signing.clone()),
+                            None => set.exact.entry(name).or_insert_with(|| signing.clone()),
+                        };
+                    }
+                }
+                Err(e) => skipped.push(e),
+            }
+        }
         self.0.store(Arc::new(set));
-        Ok(generated)
+        Ok((generated, skipped))
     }
 
     fn pick(&self, server_name: Option<&str>) -> Option<Arc<SigningKey>> {

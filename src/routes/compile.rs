@@ -230,6 +230,10 @@ fn parse_from(text: &str) -> Result<FromUrl, String> {
         }
     })?;
     let host = host.to_ascii_lowercase();
+    if host == "*" {
+        // Any host (an Ingress rule without a host, a default backend).
+        return Ok(FromUrl { scheme, host, port });
+    }
     let bare = host.strip_prefix("*.").unwrap_or(&host);
     if bare.contains('*') {
         return Err(format!("{text:?} has an invalid host (a `*` may only be the whole first label)"));

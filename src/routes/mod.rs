@@ -33,6 +33,9 @@ pub struct RouteTable {
     exact: HostIndex,
     /// Keyed by the parent domain: `*.example.com` is under `example.com`.
     wildcard: HostIndex,
+    /// `from: https://*`: any host no other route serves (Ingress rules
+    /// without a host, default backends).
+    any_host: Vec<Arc<Route>>,
     /// Peers whose `X-Forwarded-*` headers are believed.
     trusted_proxies: Vec<IpNet>,
 }
@@ -52,8 +55,15 @@ impl RouteTable {
         (table, problems)
     }
 
+    /// Whether `spec` compiles, with the problem if not (for sources that
+    /// decide per object whether a new version replaces the last good one).
+    pub fn check(settings: &Settings, spec: &RouteSpec) -> Result<(), Problem> {
+        compile::compile_route(settings, spec.clone()).map(|_| ())
+    }
+
     fn insert(&mut self, route: Arc<Route>) {
         let bucket = match route.from.host.strip_prefix("*.") {
+            _ if route.from.host == "*" => &mut self.any_host,
             Some(parent) => self.wildcard.entry(parent.to_string()).or_default(),
             None => self.exact.entry(route.from.host.clone()).or_default(),
         };
@@ -72,9 +82,13 @@ impl RouteTable {
         {
             return Some(&routes[i]);
         }
-        let parent = host.split_once('.')?.1;
-        let routes = self.wildcard.get(parent)?;
-        pick(routes).map(|i| &routes[i])
+        if let Some((_, parent)) = host.split_once('.')
+            && let Some(routes) = self.wildcard.get(parent)
+            && let Some(i) = pick(routes)
+        {
+            return Some(&routes[i]);
+        }
+        pick(&self.any_host).map(|i| &self.any_host[i])
     }
 
     /// Some route on `host` (for Postern's own endpoints, which every route
@@ -86,11 +100,17 @@ impl RouteTable {
         if let Some(r) = self.exact.get(host).and_then(|routes| on_port(routes, port)) {
             return Some(r);
         }
-        let parent = host.split_once('.')?.1;
-        self.wildcard.get(parent).and_then(|routes| on_port(routes, port))
+        if let Some((_, parent)) = host.split_once('.')
+            && let Some(r) = self.wildcard.get(parent).and_then(|routes| on_port(routes, port))
+        {
+            return Some(r);
+        }
+        on_port(&self.any_host, port)
     }
 
-    /// Whether any route serves `host` (for the redirect listener and TLS).
+    /// Whether a route names `host` (for return URLs and TLS). Routes for
+    /// any host do not count: a return URL must be on a host someone
+    /// configured.
     pub fn has_host(&self, host: &str) -> bool {
         self.exact.contains_key(host)
             || host.split_once('.').is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
@@ -111,7 +131,7 @@ impl RouteTable {
             .chain(self.wildcard.iter().map(|(h, r)| (h, r, true)))
             .collect();
         hosts.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(b.0)));
-        hosts.into_iter().flat_map(|(_, routes, _)| routes.iter()).collect()
+        hosts.into_iter().flat_map(|(_, routes, _)| routes.iter()).chain(&self.any_host).collect()
     }
 
     /// Whether `ip` is one of the `trusted_proxies`.

@@ -1,4 +1,7 @@
-//! The `serve` command: load, compile, listen, reload, drain.
+//! The `serve` command: load, compile, listen, reload, drain; and, with
+//! Kubernetes on, the controller feeding the same table.
+
+mod sources;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,10 +11,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::config::{self, Config, reload};
-use crate::proxy::tls::{CertResolver, TlsError, server_config};
+pub use sources::{PublishError, RouteSources};
+
+use crate::proxy::tls::{TlsError, server_config};
 use crate::proxy::{self, Proxy, Transport, admin};
-use crate::routes::{RouteTable, Routes};
+use crate::routes::RouteTable;
 use crate::telemetry::Metrics;
+
+/// Whether and how to take routes from a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// `--kubernetes` (the settings' `kubernetes.enabled` also turns it on).
+    pub enable: bool,
+    pub client: crate::k8s::ClientOptions,
+}
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,34 +35,57 @@ pub enum ServeError {
     Listen(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Kubernetes(#[from] crate::k8s::Error),
 }
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains for up to `grace`.
-pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError> {
+pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Result<(), ServeError> {
     // Watch before the first load, so an edit made while starting up is
     // not missed.
     let triggers = reload::watch(&config_path);
     let shutdown = ShutdownSignal::install()?;
     let Config { settings, routes: specs, problems } = config::load(&config_path)?;
-    let (table, compile_problems) = RouteTable::compile(&settings, specs);
+    let metrics = Arc::new(Metrics::new());
+    let sources = Arc::new(RouteSources::new(settings.clone(), metrics.clone()));
+    let (compile_problems, generated) = sources.publish_file(settings.clone(), specs)?;
     for problem in problems.iter().chain(&compile_problems) {
         tracing::error!(problem = %problem, "route left out");
     }
-    let metrics = Arc::new(Metrics::new());
-    metrics.set_routes_loaded(table.len());
-    let certs = Arc::new(CertResolver::default());
-    if !settings.insecure_server && certs.replace(&settings.certificates, &route_hosts(&table))? {
+    if generated {
         tracing::warn!(
             "no certificates configured: serving a generated self-signed certificate that browsers will not trust"
         );
     }
-    tracing::info!(routes = table.len(), config = %config_path.display(), "route table compiled");
-    let routes = Arc::new(Routes::new(table));
+    tracing::info!(routes = sources.routes.snapshot().len(), config = %config_path.display(), "route table compiled");
+    let (routes, certs) = (sources.routes.clone(), sources.certs.clone());
     let (auth, warnings) = Auth::new(&settings.auth, settings.insecure_server);
     for warning in warnings {
         tracing::warn!("{warning}");
     }
     let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone(), Arc::new(auth)));
+    // Ready once the cluster's first full sync is in the table.
+    let cluster_synced = if cluster.enable || settings.kubernetes.enabled {
+        let client = crate::k8s::client(&cluster.client).await?;
+        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel::<()>();
+        let synced_tx = std::sync::Mutex::new(Some(synced_tx));
+        let check_settings = settings.clone();
+        let check: crate::k8s::Check = Arc::new(move |spec| RouteTable::check(&check_settings, spec));
+        let feed = sources.clone();
+        let publish: crate::k8s::Publish = Box::new(move |cluster| {
+            feed.publish_cluster(cluster);
+            if let Some(tx) = synced_tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = tx.send(());
+            }
+        });
+        tracing::info!(ingress_class = %settings.kubernetes.ingress_class, "watching the cluster");
+        tokio::spawn(crate::k8s::run(client, settings.kubernetes.clone(), check, publish));
+        Some(synced_rx)
+    } else {
+        None
+    };
 
     let stop = CancellationToken::new();
     let main = admin::bind(settings.address, "address").await?;
@@ -75,10 +111,20 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
             let _ = worker.join();
         }
     });
-    metrics.set_ready(true);
     tracing::info!(address = %main_addr, tls = !settings.insecure_server, workers, "proxy listening");
+    match cluster_synced {
+        Some(synced) => {
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                if synced.await.is_ok() {
+                    metrics.set_ready(true);
+                }
+            });
+        }
+        None => metrics.set_ready(true),
+    }
 
-    let reloader = tokio::spawn(reload_loop(triggers, config_path, settings, routes, certs, metrics.clone()));
+    let reloader = tokio::spawn(reload_loop(triggers, config_path, settings, sources, metrics.clone()));
     shutdown.wait().await;
     tracing::info!("shutting down");
     metrics.set_ready(false);
@@ -88,36 +134,29 @@ pub async fn run(config_path: PathBuf, grace: Duration) -> Result<(), ServeError
     Ok(())
 }
 
-fn route_hosts(table: &RouteTable) -> Vec<String> {
-    table.routes().iter().map(|r| r.from.host.clone()).collect()
-}
-
 /// Reloads on every trigger. A config with any problem is rejected whole
 /// and the last good table keeps serving.
 async fn reload_loop(
     mut triggers: reload::ReloadTriggers,
     path: PathBuf,
     mut settings: config::Settings,
-    routes: Arc<Routes>,
-    certs: Arc<CertResolver>,
+    sources: Arc<RouteSources>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(trigger) = triggers.rx.recv().await {
         tokio::time::sleep(reload::SETTLE).await;
         while triggers.rx.try_recv().is_ok() {}
         match load_clean(&path) {
-            Ok((next_settings, table)) => {
-                if !next_settings.insecure_server
-                    && let Err(e) = certs.replace(&next_settings.certificates, &route_hosts(&table))
-                {
+            Ok((next_settings, specs)) => {
+                warn_about_restart_only_settings(&settings, &next_settings);
+                // Restart-only settings keep their running values.
+                let running = config::Settings { kubernetes: settings.kubernetes.clone(), ..next_settings.clone() };
+                if let Err(e) = sources.publish_file(running, specs) {
                     tracing::error!(error = %e, "config reload rejected; keeping the last good config");
                     metrics.reloaded(false);
                     continue;
                 }
-                warn_about_restart_only_settings(&settings, &next_settings);
-                metrics.set_routes_loaded(table.len());
-                tracing::info!(routes = table.len(), ?trigger, "config reloaded");
-                routes.publish(table);
+                tracing::info!(routes = sources.routes.snapshot().len(), ?trigger, "config reloaded");
                 metrics.reloaded(true);
                 settings = next_settings;
             }
@@ -134,15 +173,15 @@ async fn reload_loop(
 
 /// Loads and compiles; any problem at all rejects the file. The error
 /// lists every problem, one message each.
-fn load_clean(path: &Path) -> Result<(config::Settings, RouteTable), Vec<String>> {
+fn load_clean(path: &Path) -> Result<(config::Settings, Vec<config::RouteSpec>), Vec<String>> {
     let Config { settings, routes, mut problems } = match config::load(path) {
         Ok(c) => c,
         Err(config::Error::Invalid { problems, .. }) => return Err(problems.iter().map(ToString::to_string).collect()),
         Err(other) => return Err(vec![other.to_string()]),
     };
-    let (table, compile_problems) = RouteTable::compile(&settings, routes);
+    let (_, compile_problems) = RouteTable::compile(&settings, routes.clone());
     problems.extend(compile_problems);
-    if problems.is_empty() { Ok((settings, table)) } else { Err(problems.iter().map(ToString::to_string).collect()) }
+    if problems.is_empty() { Ok((settings, routes)) } else { Err(problems.iter().map(ToString::to_string).collect()) }
 }
 
 fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settings) {
@@ -152,6 +191,7 @@ fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settin
         ("insecure_server", old.insecure_server != new.insecure_server),
         ("metrics_address", old.metrics_address != new.metrics_address),
         ("sign-in and cookie settings", old.auth != new.auth),
+        ("kubernetes", old.kubernetes != new.kubernetes),
     ];
     for (key, differs) in changed {
         if differs {

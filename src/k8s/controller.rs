@@ -1,0 +1,449 @@
+//! The watch-and-rebuild loop.
+//!
+//! kube-runtime reflectors (watchers with their backoff and re-list on
+//! `410 Gone`) keep a cache of Ingresses, Routes, IngressClasses, Services,
+//! EndpointSlices and TLS Secrets. Each event names what changed; the loop
+//! drains whatever has queued up (so a burst is one rebuild), retranslates
+//! only the objects it touches (an EndpointSlice change touches the objects
+//! that use its Service), assembles the cluster's routes from the cached
+//! per-object results, and hands them to the publisher. A re-list replaces
+//! the cache whole at its end (the reflector's buffered init), so an empty
+//! or partial list after an error never reads as "everything was deleted".
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Client, Resource, ResourceExt};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::mpsc;
+
+use super::backends::Backends;
+use super::crd::Route;
+use super::status::{Report, StatusWriter};
+use super::translate::{self, Ranked};
+use super::{Check, ClusterRoutes, Publish};
+use crate::config::{CertifiedKey, KubernetesSettings, Problem};
+
+/// The kinds the controller caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Kind {
+    Ingress,
+    Route,
+}
+
+/// One watched object, by kind, namespace and name.
+pub(crate) type Key = (Kind, String, String);
+
+/// What a watch event says changed.
+#[derive(Debug)]
+enum Change {
+    Object(Key),
+    /// A Service or its EndpointSlices (`namespace`, `service`).
+    Service(String, String),
+    /// A TLS Secret.
+    Secret,
+    /// IngressClasses: which class is the default may have changed.
+    Classes,
+    /// A watcher finished a (re-)list: every object of that stream may
+    /// have changed.
+    Listed(Stream_),
+}
+
+/// Which watch stream finished listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Stream_ {
+    Ingress,
+    Route,
+    Class,
+    Service,
+    Slice,
+    Secret,
+}
+
+const ALL_STREAMS: usize = 6;
+
+/// The cached outcome for one object.
+struct Entry {
+    created: Option<Time>,
+    /// The routes of the last valid version (kept while a newer one is bad).
+    good: Option<Vec<Ranked>>,
+    services: Vec<(String, String)>,
+    tls: Vec<(Vec<String>, String)>,
+}
+
+/// The caches of every namespace watched, per kind.
+struct Stores {
+    ingresses: Vec<Store<Ingress>>,
+    routes: Vec<Store<Route>>,
+    classes: Store<IngressClass>,
+    services: Vec<Store<Service>>,
+    slices: Vec<Store<EndpointSlice>>,
+    secrets: Vec<Store<Secret>>,
+}
+
+fn find<K>(stores: &[Store<K>], namespace: &str, name: &str) -> Option<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    let key = ObjectRef::new(name).within(namespace);
+    stores.iter().find_map(|s| s.get(&key))
+}
+
+/// Runs until the process stops. `publish` receives the cluster's routes
+/// after the first full sync and after every change.
+pub(crate) async fn run(client: Client, settings: KubernetesSettings, check: Check, publish: Publish) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
+    let namespaces: Vec<Option<String>> =
+        if settings.namespaces.is_empty() { vec![None] } else { settings.namespaces.iter().cloned().map(Some).collect() };
+    let api = |ns: &Option<String>| -> (Client, Option<String>) { (client.clone(), ns.clone()) };
+
+    let mut stores = Stores {
+        ingresses: Vec::new(),
+        routes: Vec::new(),
+        classes: spawn_watch(Api::all(client.clone()), watcher::Config::default(), &tx, Stream_::Class, |_| {
+            Some(Change::Classes)
+        }),
+        services: Vec::new(),
+        slices: Vec::new(),
+        secrets: Vec::new(),
+    };
+    for ns in &namespaces {
+        let (c, n) = api(ns);
+        stores.ingresses.push(spawn_watch(scoped(&c, &n), watcher::Config::default(), &tx, Stream_::Ingress, |i| {
+            Some(Change::Object((Kind::Ingress, i.namespace().unwrap_or_default(), i.name_any())))
+        }));
+        stores.routes.push(spawn_watch(scoped(&c, &n), watcher::Config::default(), &tx, Stream_::Route, |r| {
+            Some(Change::Object((Kind::Route, r.namespace().unwrap_or_default(), r.name_any())))
+        }));
+        stores.services.push(spawn_watch(scoped(&c, &n), watcher::Config::default(), &tx, Stream_::Service, |s| {
+            Some(Change::Service(s.namespace().unwrap_or_default(), s.name_any()))
+        }));
+        stores.slices.push(spawn_watch(scoped(&c, &n), watcher::Config::default(), &tx, Stream_::Slice, |s| {
+            let service = s.labels().get("kubernetes.io/service-name")?.clone();
+            Some(Change::Service(s.namespace().unwrap_or_default(), service))
+        }));
+        stores.secrets.push(spawn_watch(
+            scoped(&c, &n),
+            watcher::Config::default().fields("type=kubernetes.io/tls"),
+            &tx,
+            Stream_::Secret,
+            |_| Some(Change::Secret),
+        ));
+    }
+    drop(tx);
+
+    let status = StatusWriter::new(client.clone(), &settings);
+    let mut entries: BTreeMap<Key, Entry> = BTreeMap::new();
+    let mut listed: BTreeSet<Stream_> = BTreeSet::new();
+    let per_stream = namespaces.len();
+    let mut list_counts: HashMap<Stream_, usize> = HashMap::new();
+    let mut synced = false;
+    let mut dirty: BTreeSet<Key> = BTreeSet::new();
+    let mut all_dirty = false;
+    while let Some(first) = rx.recv().await {
+        // Coalesce: everything already queued is part of this round.
+        let mut changes = vec![first];
+        while let Ok(c) = rx.try_recv() {
+            changes.push(c);
+        }
+        let mut touched_services: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut touched_secrets = false;
+        for change in changes {
+            match change {
+                Change::Object(key) => {
+                    dirty.insert(key);
+                }
+                Change::Service(ns, name) => {
+                    touched_services.insert((ns, name));
+                }
+                Change::Secret => touched_secrets = true,
+                Change::Classes => all_dirty = true,
+                Change::Listed(stream) => {
+                    let n = list_counts.entry(stream).or_default();
+                    *n += 1;
+                    let needed = if stream == Stream_::Class { 1 } else { per_stream };
+                    if *n >= needed {
+                        listed.insert(stream);
+                    }
+                    all_dirty = true;
+                    touched_secrets = true;
+                }
+            }
+        }
+        if !synced && listed.len() < ALL_STREAMS {
+            continue;
+        }
+        for (key, entry) in &entries {
+            if entry.services.iter().any(|s| touched_services.contains(s)) {
+                dirty.insert(key.clone());
+            }
+        }
+        if all_dirty {
+            for s in &stores.ingresses {
+                dirty.extend(s.state().iter().map(|i| (Kind::Ingress, i.namespace().unwrap_or_default(), i.name_any())));
+            }
+            for s in &stores.routes {
+                dirty.extend(s.state().iter().map(|r| (Kind::Route, r.namespace().unwrap_or_default(), r.name_any())));
+            }
+            dirty.extend(entries.keys().cloned());
+            all_dirty = false;
+        }
+        if dirty.is_empty() && !touched_secrets && synced {
+            continue;
+        }
+        let default_class = default_class(&stores.classes, &settings);
+        let mut reports = Vec::new();
+        for key in std::mem::take(&mut dirty) {
+            reconcile(&key, &stores, &settings, default_class, &check, &mut entries, &mut reports);
+        }
+        let (routes, conflicts) = assemble(&entries);
+        let (certificates, cert_problems) = certificates(&entries, &stores.secrets);
+        let count = routes.len();
+        publish(ClusterRoutes { routes, certificates });
+        if !synced {
+            synced = true;
+            tracing::info!(routes = count, objects = entries.len(), "cluster synced");
+        }
+        status.report(reports, conflicts, cert_problems);
+    }
+}
+
+fn scoped<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Starts a reflector for `api` whose events become [`Change`]s.
+fn spawn_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    tx: &mpsc::UnboundedSender<Change>,
+    stream: Stream_,
+    change: fn(&K) -> Option<Change>,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    let tx = tx.clone();
+    tokio::spawn(forward(events, tx, stream, change));
+    reader
+}
+
+async fn forward<K, S>(events: S, tx: mpsc::UnboundedSender<Change>, stream: Stream_, change: fn(&K) -> Option<Change>)
+where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        let message = match event {
+            Ok(Event::Apply(o) | Event::Delete(o)) => change(&o),
+            Ok(Event::InitDone) => Some(Change::Listed(stream)),
+            Ok(Event::Init | Event::InitApply(_)) => None,
+            Err(e) => {
+                // The watcher backs off and retries (re-listing after 410).
+                tracing::warn!(k8s.stream = ?stream, error = %e, "watch failed; retrying");
+                None
+            }
+        };
+        if let Some(m) = message
+            && tx.send(m).is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Whether Ingresses without a class are ours: our IngressClass is marked
+/// as the cluster default.
+fn default_class(classes: &Store<IngressClass>, settings: &KubernetesSettings) -> bool {
+    classes.state().iter().any(|c| {
+        c.name_any() == settings.ingress_class
+            && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(settings.controller_name.as_str())
+            && c.annotations().get("ingressclass.kubernetes.io/is-default-class").map(String::as_str) == Some("true")
+    })
+}
+
+/// Retranslates one object into its cache entry.
+fn reconcile(
+    key: &Key,
+    stores: &Stores,
+    settings: &KubernetesSettings,
+    default_class: bool,
+    check: &Check,
+    entries: &mut BTreeMap<Key, Entry>,
+    reports: &mut Vec<Report>,
+) {
+    let (kind, ns, name) = key;
+    let backends = Backends { services: &stores.services, slices: &stores.slices };
+    let (translated, created, generation, reference) = match kind {
+        Kind::Ingress => {
+            let Some(ing) = find(&stores.ingresses, ns, name)
+                .filter(|i| translate::ingress_is_ours(i, &settings.ingress_class, default_class))
+            else {
+                entries.remove(key);
+                return;
+            };
+            let t = translate::ingress(&ing, &settings.route_defaults, &backends);
+            (t, ing.metadata.creation_timestamp.clone(), ing.metadata.generation, Subject::Ingress(ing))
+        }
+        Kind::Route => {
+            let Some(route) = find(&stores.routes, ns, name) else {
+                entries.remove(key);
+                return;
+            };
+            let t = translate::route(&route, &settings.route_defaults, &backends);
+            (t, route.metadata.creation_timestamp.clone(), route.metadata.generation, Subject::Route(route))
+        }
+    };
+    let mut problems = translated.problems;
+    for r in &translated.routes {
+        if let Err(p) = check(&r.spec) {
+            problems.push(p);
+        }
+    }
+    let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
+        created: created.clone(),
+        good: None,
+        services: Vec::new(),
+        tls: Vec::new(),
+    });
+    entry.created = created;
+    // Dependencies always follow the latest version, so a fix to a Service
+    // the new version needs is noticed.
+    entry.services = translated.services;
+    let accepted = problems.is_empty();
+    if accepted {
+        entry.good = Some(translated.routes);
+        entry.tls = translated.tls;
+    }
+    reports.push(Report {
+        subject: reference,
+        generation,
+        problems,
+        ignored: translated.ignored,
+        serving: entry.good.is_some(),
+        to: entry
+            .good
+            .as_ref()
+            .map(|routes| routes.iter().flat_map(|r| r.spec.to.iter().cloned()).collect::<Vec<_>>().join(", ")),
+    });
+}
+
+/// The object a report is about.
+pub(crate) enum Subject {
+    Ingress(Arc<Ingress>),
+    Route(Arc<Route>),
+}
+
+/// A route another, older object already serves.
+pub(crate) struct Conflict {
+    pub loser: Key,
+    pub holder: Key,
+    pub host: String,
+    pub path: String,
+}
+
+/// The cluster's routes in match order: by host, then the rank of the
+/// path rule (exact, longest prefix, regex, catch-all), then the older
+/// object. A host and path rule two objects both claim goes to the older.
+fn assemble(entries: &BTreeMap<Key, Entry>) -> (Vec<crate::config::RouteSpec>, Vec<Conflict>) {
+    let mut all: Vec<(&Key, Option<&Time>, usize, &Ranked)> = Vec::new();
+    for (key, entry) in entries {
+        for (i, r) in entry.good.iter().flatten().enumerate() {
+            all.push((key, entry.created.as_ref(), i, r));
+        }
+    }
+    let host = |r: &Ranked| r.spec.from.split_once("://").map_or(r.spec.from.clone(), |(_, h)| h.to_ascii_lowercase());
+    all.sort_by(|a, b| {
+        host(a.3)
+            .cmp(&host(b.3))
+            .then(a.3.rank.cmp(&b.3.rank))
+            .then(a.1.map(|t| t.0).cmp(&b.1.map(|t| t.0)))
+            .then(a.0.cmp(b.0))
+            .then(a.2.cmp(&b.2))
+    });
+    let mut owners: HashMap<(String, String), &Key> = HashMap::new();
+    let mut conflicts = Vec::new();
+    let mut routes = Vec::with_capacity(all.len());
+    for (key, _, _, r) in all {
+        let rule = format!("{:?}|{:?}|{:?}", r.spec.path, r.spec.prefix, r.spec.regex);
+        match owners.get(&(host(r), rule.clone())) {
+            Some(holder) if *holder != key => conflicts.push(Conflict {
+                loser: key.clone(),
+                holder: (*holder).clone(),
+                host: host(r),
+                path: r.spec.path.clone().or(r.spec.prefix.clone()).or(r.spec.regex.clone()).unwrap_or("/".into()),
+            }),
+            Some(_) => routes.push(r.spec.clone()),
+            None => {
+                owners.insert((host(r), rule), key);
+                routes.push(r.spec.clone());
+            }
+        }
+    }
+    (routes, conflicts)
+}
+
+/// The serving certificates of the Ingresses' `spec.tls` Secrets; a
+/// missing or bad Secret is a problem for its Ingress (its hosts get the
+/// default certificate meanwhile).
+fn certificates(entries: &BTreeMap<Key, Entry>, secrets: &[Store<Secret>]) -> (Vec<CertifiedKey>, Vec<(Key, Problem)>) {
+    let mut certs = Vec::new();
+    let mut problems = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (key, entry) in entries {
+        for (_, secret) in &entry.tls {
+            let (_, ns, name) = key;
+            let origin = crate::config::Origin::Object { kind: "Ingress", namespace: ns.clone(), name: name.clone() };
+            let field = format!("spec.tls (secret {secret})");
+            match find(secrets, ns, secret).as_deref().map(|s| tls_secret(s, ns)) {
+                Some(Ok(ck)) => {
+                    if seen.insert((ns.clone(), secret.clone())) {
+                        certs.push(ck);
+                    }
+                }
+                Some(Err(e)) => problems.push((key.clone(), Problem::new(&origin, Some(&field), e))),
+                None => problems.push((
+                    key.clone(),
+                    Problem::new(&origin, Some(&field), format!("Secret {ns}/{secret} of type kubernetes.io/tls not found; serving the default certificate")),
+                )),
+            }
+        }
+    }
+    (certs, problems)
+}
+
+fn tls_secret(secret: &Secret, ns: &str) -> Result<CertifiedKey, String> {
+    let name = secret.name_any();
+    let data = secret.data.as_ref().ok_or_else(|| format!("Secret {ns}/{name} has no data"))?;
+    let get = |k: &str| data.get(k).map(|b| b.0.clone()).ok_or_else(|| format!("Secret {ns}/{name} has no {k}"));
+    let (cert, key) = (get("tls.crt")?, get("tls.key")?);
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("Secret {ns}/{name}: tls.crt is not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!("Secret {ns}/{name}: tls.crt holds no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("Secret {ns}/{name}: tls.key: {e}"))?;
+    Ok(CertifiedKey { chain, key, origin: format!("Secret {ns}/{name}") })
+}

@@ -1,0 +1,74 @@
+//! The cluster side: Ingress objects and `Route` resources become routes.
+//!
+//! This module depends only on the config model: it turns objects into
+//! [`RouteSpec`]s and certificates and hands them to `publish`, the same
+//! place the file reloader hands its routes (`serve`); it never reaches
+//! into the proxy. Each route is checked by `check` (the route table's own
+//! compile step, injected by the caller) before it counts as valid, so a
+//! bad object keeps its last valid version serving.
+
+mod annotations;
+mod backends;
+mod controller;
+pub mod crd;
+mod status;
+mod translate;
+
+use std::sync::Arc;
+
+use crate::config::{CertifiedKey, KubernetesSettings, Problem, RouteSpec};
+
+/// What the cluster contributes: routes in match order, and the TLS
+/// certificates of Ingress `spec.tls` Secrets.
+#[derive(Debug, Default)]
+pub struct ClusterRoutes {
+    pub routes: Vec<RouteSpec>,
+    pub certificates: Vec<CertifiedKey>,
+}
+
+/// Checks that one route compiles (`RouteTable`'s compile step).
+pub type Check = Arc<dyn Fn(&RouteSpec) -> Result<(), Problem> + Send + Sync>;
+
+/// Receives the cluster's routes after the first full sync and after every
+/// change.
+pub type Publish = Box<dyn Fn(ClusterRoutes) + Send + Sync>;
+
+/// Why the cluster cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the Kubernetes client configuration: {0}")]
+    Config(String),
+    #[error("cannot build the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+}
+
+/// How to reach the cluster: `kubeconfig` and `context` if given, else the
+/// in-cluster service account, else `KUBECONFIG` / `~/.kube/config`.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    pub kubeconfig: Option<std::path::PathBuf>,
+    pub context: Option<String>,
+}
+
+/// A client configured the standard way.
+pub async fn client(options: &ClientOptions) -> Result<kube::Client, Error> {
+    let kube_options =
+        kube::config::KubeConfigOptions { context: options.context.clone(), ..Default::default() };
+    let config = match &options.kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(file, &kube_options).await.map_err(|e| Error::Config(e.to_string()))?
+        }
+        None if options.context.is_some() => {
+            kube::Config::from_kubeconfig(&kube_options).await.map_err(|e| Error::Config(e.to_string()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| Error::Config(e.to_string()))?,
+    };
+    kube::Client::try_from(config).map_err(Error::Client)
+}
+
+/// Watches the cluster and publishes its routes until the process stops.
+pub async fn run(client: kube::Client, settings: KubernetesSettings, check: Check, publish: Publish) {
+    controller::run(client, settings, check, publish).await
+}

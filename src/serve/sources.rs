@@ -1,0 +1,100 @@
+//! The one place routes are published: the config file and the cluster
+//! each hand their part here, and every change compiles the whole table
+//! (file routes first, in file order, then the cluster's in match order)
+//! and swaps it in atomically, with the certificates of both.
+
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Problem, RouteSpec, Settings};
+use crate::k8s::ClusterRoutes;
+use crate::proxy::tls::CertResolver;
+use crate::routes::{RouteTable, Routes};
+use crate::telemetry::Metrics;
+
+/// Why a set of routes was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Tls(#[from] crate::proxy::tls::TlsError),
+}
+
+/// What each source last handed over.
+struct Parts {
+    settings: Settings,
+    file_routes: Vec<RouteSpec>,
+    cluster: ClusterRoutes,
+}
+
+/// The live table's sources.
+pub struct RouteSources {
+    parts: Mutex<Parts>,
+    pub routes: Arc<Routes>,
+    pub certs: Arc<CertResolver>,
+    metrics: Arc<Metrics>,
+}
+
+impl RouteSources {
+    pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
+        RouteSources {
+            parts: Mutex::new(Parts { settings, file_routes: Vec::new(), cluster: ClusterRoutes::default() }),
+            routes: Arc::new(Routes::default()),
+            certs: Arc::new(CertResolver::default()),
+            metrics,
+        }
+    }
+
+    /// The file's settings and routes (at start-up and on every good reload).
+    /// Returns the compile problems and whether a self-signed certificate
+    /// was generated; on a certificate error nothing changes.
+    pub fn publish_file(
+        &self,
+        settings: Settings,
+        routes: Vec<RouteSpec>,
+    ) -> Result<(Vec<Problem>, bool), PublishError> {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = std::mem::replace(&mut *parts, Parts { settings, file_routes: routes, cluster: ClusterRoutes::default() });
+        parts.cluster = previous.cluster;
+        match self.rebuild(&parts) {
+            Ok(done) => Ok(done),
+            Err(e) => {
+                let cluster = std::mem::take(&mut parts.cluster);
+                *parts = Parts { cluster, ..previous };
+                Err(e)
+            }
+        }
+    }
+
+    /// The cluster's routes and certificates (after every change there).
+    pub fn publish_cluster(&self, cluster: ClusterRoutes) {
+        let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
+        parts.cluster = cluster;
+        match self.rebuild(&parts) {
+            Ok((problems, _)) => {
+                // Objects were checked one by one before they got here;
+                // what is left is a clash with a file route.
+                for p in problems {
+                    tracing::warn!(problem = %p, "cluster route left out");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cluster certificates rejected; keeping the last ones"),
+        }
+    }
+
+    fn rebuild(&self, parts: &Parts) -> Result<(Vec<Problem>, bool), PublishError> {
+        let specs: Vec<RouteSpec> = parts.file_routes.iter().chain(&parts.cluster.routes).cloned().collect();
+        let (table, problems) = RouteTable::compile(&parts.settings, specs);
+        let mut generated = false;
+        if !parts.settings.insecure_server {
+            let hosts: Vec<String> =
+                table.routes().iter().map(|r| r.from.host.clone()).filter(|h| h != "*").collect();
+            let (g, skipped) = self.certs.replace_with(&parts.settings.certificates, &parts.cluster.certificates, &hosts)?;
+            generated = g;
+            for e in skipped {
+                tracing::error!(error = %e, "certificate left out");
+            }
+        }
+        self.metrics.set_routes_loaded(table.len());
+        self.routes.publish(table);
+        Ok((problems, generated))
+    }
+}
