@@ -27,8 +27,8 @@ use crate::suggest::closest;
 
 pub use crate::cors::CorsSpec;
 pub use spec::{
-    AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, KubernetesSettings, Origin, Problem, Publish,
-    RouteSpec, SameSite, Secret, Settings,
+    AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, KubernetesSettings, Origin, Problem,
+    Publish, RouteSpec, SameSite, Secret, Settings,
 };
 pub use yaml::{SourceMap, to_yaml};
 
@@ -121,7 +121,11 @@ pub fn parse(file: &str, text: &str, base: &Path) -> Result<Config, Error> {
 /// keys, as a JSON object) from a source other than the file: a Kubernetes
 /// object's annotations or spec. Every problem names `origin` and the key;
 /// `None` when there is any.
-pub fn route_from_keys(origin: &Origin, keys: serde_json::Map<String, Value>, problems: &mut Vec<Problem>) -> Option<RouteSpec> {
+pub fn route_from_keys(
+    origin: &Origin,
+    keys: serde_json::Map<String, Value>,
+    problems: &mut Vec<Problem>,
+) -> Option<RouteSpec> {
     let loader = Loader { base: PathBuf::new(), source: Source::Object(origin.clone()) };
     loader.route_at("", Value::Object(keys), problems)
 }

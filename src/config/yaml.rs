@@ -268,9 +268,7 @@ pub fn to_yaml(value: &Value) -> String {
             },
             Value::String(s) => Yaml::String(s.clone()),
             Value::Array(items) => Yaml::Array(items.iter().map(convert).collect()),
-            Value::Object(map) => {
-                Yaml::Hash(map.iter().map(|(k, v)| (Yaml::String(k.clone()), convert(v))).collect())
-            }
+            Value::Object(map) => Yaml::Hash(map.iter().map(|(k, v)| (Yaml::String(k.clone()), convert(v))).collect()),
         }
     }
     let mut out = String::new();

@@ -120,7 +120,12 @@ pub(crate) fn read(origin: &Origin, annotations: &BTreeMap<String, String>, prob
 /// origin cannot go with credentials (browsers refuse the pair, although
 /// ingress-nginx sends it): with the default credentials Postern sends `*`
 /// without them; asking for both explicitly is an error.
-fn nginx_cors(origin: &Origin, annotations: &BTreeMap<String, String>, out: &mut Annotated, problems: &mut Vec<Problem>) {
+fn nginx_cors(
+    origin: &Origin,
+    annotations: &BTreeMap<String, String>,
+    out: &mut Annotated,
+    problems: &mut Vec<Problem>,
+) {
     let get = |k: &str| annotations.get(&format!("{NGINX}{k}")).map(|v| v.trim());
     for name in annotations.keys() {
         if let Some(k) = name.strip_prefix(NGINX)
@@ -135,7 +140,11 @@ fn nginx_cors(origin: &Origin, annotations: &BTreeMap<String, String>, out: &mut
         None | Some("false") => return,
         Some("true") => {}
         Some(other) => {
-            problems.push(Problem::new(origin, Some(&at("enable-cors")), format!("{other:?}: expected \"true\" or \"false\"")));
+            problems.push(Problem::new(
+                origin,
+                Some(&at("enable-cors")),
+                format!("{other:?}: expected \"true\" or \"false\""),
+            ));
             return;
         }
     }

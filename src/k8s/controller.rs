@@ -19,9 +19,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -103,8 +103,11 @@ where
 /// after the first full sync and after every change.
 pub(crate) async fn run(client: Client, settings: KubernetesSettings, check: Check, publish: Publish) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
-    let namespaces: Vec<Option<String>> =
-        if settings.namespaces.is_empty() { vec![None] } else { settings.namespaces.iter().cloned().map(Some).collect() };
+    let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
     let api = |ns: &Option<String>| -> (Client, Option<String>) { (client.clone(), ns.clone()) };
 
     let mut stores = Stores {
@@ -190,7 +193,8 @@ pub(crate) async fn run(client: Client, settings: KubernetesSettings, check: Che
         }
         if all_dirty {
             for s in &stores.ingresses {
-                dirty.extend(s.state().iter().map(|i| (Kind::Ingress, i.namespace().unwrap_or_default(), i.name_any())));
+                dirty
+                    .extend(s.state().iter().map(|i| (Kind::Ingress, i.namespace().unwrap_or_default(), i.name_any())));
             }
             for s in &stores.routes {
                 dirty.extend(s.state().iter().map(|r| (Kind::Route, r.namespace().unwrap_or_default(), r.name_any())));
@@ -425,7 +429,13 @@ fn certificates(entries: &BTreeMap<Key, Entry>, secrets: &[Store<Secret>]) -> (V
                 Some(Err(e)) => problems.push((key.clone(), Problem::new(&origin, Some(&field), e))),
                 None => problems.push((
                     key.clone(),
-                    Problem::new(&origin, Some(&field), format!("Secret {ns}/{secret} of type kubernetes.io/tls not found; serving the default certificate")),
+                    Problem::new(
+                        &origin,
+                        Some(&field),
+                        format!(
+                            "Secret {ns}/{secret} of type kubernetes.io/tls not found; serving the default certificate"
+                        ),
+                    ),
                 )),
             }
         }

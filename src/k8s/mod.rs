@@ -52,8 +52,7 @@ pub struct ClientOptions {
 
 /// A client configured the standard way.
 pub async fn client(options: &ClientOptions) -> Result<kube::Client, Error> {
-    let kube_options =
-        kube::config::KubeConfigOptions { context: options.context.clone(), ..Default::default() };
+    let kube_options = kube::config::KubeConfigOptions { context: options.context.clone(), ..Default::default() };
     let config = match &options.kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)

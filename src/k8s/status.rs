@@ -42,10 +42,8 @@ pub(crate) struct StatusWriter {
 
 impl StatusWriter {
     pub(crate) fn new(client: Client, settings: &KubernetesSettings) -> Self {
-        let reporter = Reporter {
-            controller: settings.controller_name.clone(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
+        let reporter =
+            Reporter { controller: settings.controller_name.clone(), instance: std::env::var("POD_NAME").ok() };
         StatusWriter {
             recorder: Recorder::new(client.clone(), reporter),
             client,

@@ -78,8 +78,13 @@ fn rank(spec: &RouteSpec) -> (u8, std::cmp::Reverse<usize>) {
 }
 
 /// Policy keys: an object that sets any of them replaces the defaults'.
-const POLICY_KEYS: &[&str] =
-    &["allow_public_unauthenticated_access", "allow_any_authenticated_user", "allowed_users", "allowed_domains", "policy"];
+const POLICY_KEYS: &[&str] = &[
+    "allow_public_unauthenticated_access",
+    "allow_any_authenticated_user",
+    "allowed_users",
+    "allowed_domains",
+    "policy",
+];
 
 /// `defaults` under `keys`: the object's keys win, and an object that says
 /// anything about policy takes none of the defaults' policy.
@@ -121,8 +126,7 @@ pub(crate) fn ingress(ing: &Ingress, defaults: &Map<String, Value>, resolve: &dy
     let namespace = ing.namespace().unwrap_or_default();
     let origin = Origin::Object { kind: "Ingress", namespace: namespace.clone(), name: ing.name_any() };
     let mut out = Translated::default();
-    let Annotated { keys, service_dns, ignored } =
-        annotations::read(&origin, ing.annotations(), &mut out.problems);
+    let Annotated { keys, service_dns, ignored } = annotations::read(&origin, ing.annotations(), &mut out.problems);
     out.ignored = ignored;
     let Some(spec) = &ing.spec else {
         out.problems.push(Problem::new(&origin, Some("spec"), "an Ingress needs a spec"));
@@ -186,7 +190,9 @@ pub(crate) fn ingress(ing: &Ingress, defaults: &Map<String, Value>, resolve: &dy
                     continue;
                 }
             }
-            if let Some(to) = backend(&origin, &namespace, &path.backend, &format!("{at}.backend"), service_dns, resolve, &mut out) {
+            if let Some(to) =
+                backend(&origin, &namespace, &path.backend, &format!("{at}.backend"), service_dns, resolve, &mut out)
+            {
                 keys.extend(to);
                 routes.push((at, keys));
             }
@@ -229,10 +235,18 @@ fn backend(
     out: &mut Translated,
 ) -> Option<Map<String, Value>> {
     let Some(service) = &backend.service else {
-        out.problems.push(Problem::new(origin, Some(at), "only Service backends are supported (not resource backends)"));
+        out.problems.push(Problem::new(
+            origin,
+            Some(at),
+            "only Service backends are supported (not resource backends)",
+        ));
         return None;
     };
-    let port = match service.port.as_ref().and_then(|p| p.number.map(PortRef::Number).or(p.name.clone().map(PortRef::Name))) {
+    let port = match service
+        .port
+        .as_ref()
+        .and_then(|p| p.number.map(PortRef::Number).or(p.name.clone().map(PortRef::Name)))
+    {
         Some(p) => p,
         None => {
             out.problems.push(Problem::new(origin, Some(&format!("{at}.service.port")), "needs a number or a name"));

@@ -52,7 +52,8 @@ impl RouteSources {
         routes: Vec<RouteSpec>,
     ) -> Result<(Vec<Problem>, bool), PublishError> {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        let previous = std::mem::replace(&mut *parts, Parts { settings, file_routes: routes, cluster: ClusterRoutes::default() });
+        let previous =
+            std::mem::replace(&mut *parts, Parts { settings, file_routes: routes, cluster: ClusterRoutes::default() });
         parts.cluster = previous.cluster;
         match self.rebuild(&parts) {
             Ok(done) => Ok(done),
@@ -85,9 +86,9 @@ impl RouteSources {
         let (table, problems) = RouteTable::compile(&parts.settings, specs);
         let mut generated = false;
         if !parts.settings.insecure_server {
-            let hosts: Vec<String> =
-                table.routes().iter().map(|r| r.from.host.clone()).filter(|h| h != "*").collect();
-            let (g, skipped) = self.certs.replace_with(&parts.settings.certificates, &parts.cluster.certificates, &hosts)?;
+            let hosts: Vec<String> = table.routes().iter().map(|r| r.from.host.clone()).filter(|h| h != "*").collect();
+            let (g, skipped) =
+                self.certs.replace_with(&parts.settings.certificates, &parts.cluster.certificates, &hosts)?;
             generated = g;
             for e in skipped {
                 tracing::error!(error = %e, "certificate left out");
