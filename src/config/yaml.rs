@@ -212,6 +212,31 @@ fn resolve_plain(text: String) -> Value {
     Value::String(text)
 }
 
+/// `value` as a YAML document (`---` first), for generated manifests such
+/// as the CRD. Key order is kept.
+pub fn to_yaml(value: &Value) -> String {
+    fn convert(v: &Value) -> yaml_rust2::Yaml {
+        use yaml_rust2::Yaml;
+        match v {
+            Value::Null => Yaml::Null,
+            Value::Bool(b) => Yaml::Boolean(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Integer(i),
+                None => Yaml::Real(n.to_string()),
+            },
+            Value::String(s) => Yaml::String(s.clone()),
+            Value::Array(items) => Yaml::Array(items.iter().map(convert).collect()),
+            Value::Object(map) => Yaml::Hash(map.iter().map(|(k, v)| (Yaml::String(k.clone()), convert(v))).collect()),
+        }
+    }
+    let mut out = String::new();
+    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
+    emitter.multiline_strings(true);
+    emitter.dump(&convert(value)).expect("writing YAML into a String cannot fail");
+    out.push('\n');
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,29 +277,4 @@ mod tests {
         let (value, _) = parse("x: &h {a: b}\ny: *h\n").expect("valid yaml");
         assert_eq!(value["y"]["a"], "b");
     }
-}
-
-/// `value` as a YAML document (`---` first), for generated manifests such
-/// as the CRD. Key order is kept.
-pub fn to_yaml(value: &Value) -> String {
-    fn convert(v: &Value) -> yaml_rust2::Yaml {
-        use yaml_rust2::Yaml;
-        match v {
-            Value::Null => Yaml::Null,
-            Value::Bool(b) => Yaml::Boolean(*b),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => Yaml::Integer(i),
-                None => Yaml::Real(n.to_string()),
-            },
-            Value::String(s) => Yaml::String(s.clone()),
-            Value::Array(items) => Yaml::Array(items.iter().map(convert).collect()),
-            Value::Object(map) => Yaml::Hash(map.iter().map(|(k, v)| (Yaml::String(k.clone()), convert(v))).collect()),
-        }
-    }
-    let mut out = String::new();
-    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
-    emitter.multiline_strings(true);
-    emitter.dump(&convert(value)).expect("writing YAML into a String cannot fail");
-    out.push('\n');
-    out
 }

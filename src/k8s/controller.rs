@@ -322,7 +322,11 @@ fn reconcile(
     let mut problems = translated.problems;
     for r in &translated.routes {
         if let Err(p) = check(&r.spec) {
-            problems.push(p);
+            // Named as the object's own field, as translation names its own.
+            problems.push(match kind {
+                Kind::Route => translate::rename_route_field(p),
+                Kind::Ingress => translate::rename_ingress_field(p, "spec"),
+            });
         }
     }
     let entry = entries.entry(key.clone()).or_insert_with(|| Entry {

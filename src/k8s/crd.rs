@@ -15,6 +15,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where requests for `from` (and the path rule) are sent, and who may send them.
+// Clippy reads the printcolumn lists as repeated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "postern.dev",
@@ -31,7 +33,7 @@ use serde::{Deserialize, Serialize};
 )]
 #[x_kube(validation = Rule::new("[has(self.prefix), has(self.path), has(self.regex)].filter(x, x).size() <= 1").message("set at most one of prefix, path and regex"))]
 #[x_kube(validation = Rule::new("has(self.to) != has(self.response)").message("set exactly one of to and response"))]
-#[x_kube(validation = Rule::new("!has(self.allowPublicUnauthenticatedAccess) || !self.allowPublicUnauthenticatedAccess || !(has(self.allowAnyAuthenticatedUser) || has(self.allowedUsers) || has(self.allowedDomains) || has(self.policy))").message("allowPublicUnauthenticatedAccess cannot be combined with other policy fields"))]
+#[x_kube(validation = Rule::new("!has(self.allowPublicUnauthenticatedAccess) || !self.allowPublicUnauthenticatedAccess || !(has(self.allowAnyAuthenticatedUser) || has(self.allowedUsers) || has(self.allowedDomains))").message("allowPublicUnauthenticatedAccess cannot be combined with allowAnyAuthenticatedUser, allowedUsers or allowedDomains"))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteResourceSpec {
     /// `https://host` (or `http://host` for plain HTTP); `*.example.com` for a one-label wildcard.

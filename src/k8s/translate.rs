@@ -272,7 +272,7 @@ fn backend(
 
 /// A problem from the route-key check, named as the Ingress field or
 /// annotation it came from.
-fn rename_ingress_field(mut p: Problem, at: &str) -> Problem {
+pub(crate) fn rename_ingress_field(mut p: Problem, at: &str) -> Problem {
     p.field = Some(match p.field.as_deref() {
         None => at.to_string(),
         Some(f) => {
@@ -401,7 +401,7 @@ fn camel(snake: &str) -> String {
 }
 
 /// `cors.allow_origins[0]` → `spec.cors.allowOrigins[0]`.
-fn rename_route_field(mut p: Problem) -> Problem {
+pub(crate) fn rename_route_field(mut p: Problem) -> Problem {
     p.field = Some(match p.field.as_deref() {
         None => "spec".to_string(),
         Some(f) => {

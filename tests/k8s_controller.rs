@@ -1,0 +1,314 @@
+//! The controller against the real control plane of tests/support: Ingress
+//! objects and Route resources become routes that answer through Postern,
+//! backed by real (non-loopback) upstreams in a network namespace listed in
+//! EndpointSlices; status, Events and last-good isolation as a user sees them.
+
+// `control_plane.rs` loads `supervised.rs` itself, as `support` does.
+#[allow(clippy::duplicate_mod)]
+#[path = "support/control_plane.rs"]
+mod control_plane;
+#[path = "support/netns.rs"]
+mod netns;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+use support::{Options, Postern};
+
+fn apply_crd(plane: &control_plane::ControlPlane) {
+    let crd =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml")).expect("crd");
+    let (ok, out, err) = plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd));
+    assert!(ok, "kubectl apply crd: {out}{err}");
+    let (ok, out, err) =
+        plane.kubectl(&["wait", "--for=condition=Established", "crd/routes.postern.dev", "--timeout=30s"], None);
+    assert!(ok, "crd established: {out}{err}");
+}
+
+async fn create_service(client: &kube::Client, ns: &str, name: &str, port: i32) {
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": { "name": name },
+        "spec": { "ports": [{ "name": "http", "port": port, "targetPort": port }] }
+    }))
+    .expect("service");
+    Api::<Service>::namespaced(client.clone(), ns).create(&PostParams::default(), &svc).await.expect("create service");
+}
+
+/// The EndpointSlice of Service `name`: `endpoints` are (address, ready).
+async fn set_slice(client: &kube::Client, ns: &str, name: &str, port: u16, endpoints: &[(String, bool)]) {
+    let slice = json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": { "name": format!("{name}-1"), "labels": { "kubernetes.io/service-name": name } },
+        "addressType": "IPv4",
+        "ports": [{ "name": "http", "port": port, "protocol": "TCP" }],
+        "endpoints": endpoints.iter().map(|(a, ready)| json!({ "addresses": [a], "conditions": { "ready": ready } })).collect::<Vec<_>>(),
+    });
+    Api::<EndpointSlice>::namespaced(client.clone(), ns)
+        .patch(&format!("{name}-1"), &PatchParams::apply("test").force(), &Patch::Apply(&slice))
+        .await
+        .expect("apply slice");
+}
+
+async fn apply<K>(api: &Api<K>, name: &str, obj: serde_json::Value)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&obj)).await.expect("apply");
+}
+
+/// GETs `https://host/path` through Postern until `want` says yes (or 20 s pass).
+async fn eventually(
+    p: &Postern,
+    host: &str,
+    path: &str,
+    what: &str,
+    want: impl Fn(u16, &str) -> bool,
+) -> (u16, String) {
+    let client = p.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last = (0, String::new());
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(p.url(host, path)).send().await {
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            if want(status, &body) {
+                return (status, body);
+            }
+            last = (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what}: last answer {} {}\nlog:\n{}", last.0, last.1, p.logs().join("\n"));
+}
+
+fn upstream_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v["upstream"].as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+/// `kubectl get events` for an object: (reason, message) pairs.
+fn events_for(plane: &control_plane::ControlPlane, ns: &str, kind: &str, name: &str) -> Vec<(String, String)> {
+    let selector = format!("regarding.kind={kind},regarding.name={name}");
+    let (ok, out, err) =
+        plane.kubectl(&["get", "events.events.k8s.io", "-n", ns, "--field-selector", &selector, "-o", "json"], None);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["note"].as_str().unwrap_or("").to_string()))
+        .collect()
+}
+
+async fn wait_for_event(plane: &control_plane::ControlPlane, ns: &str, kind: &str, name: &str, reason: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Some((_, note)) = events_for(plane, ns, kind, name).into_iter().find(|(r, _)| r == reason) {
+            return note;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no {reason} event for {kind} {ns}/{name}: {:?}", events_for(plane, ns, kind, name));
+}
+
+fn start_controller(plane: &control_plane::ControlPlane, ns: &str) -> Postern {
+    let settings = format!("kubernetes:\n  enabled: true\n  namespaces: [{ns}]\n  publish_address: 203.0.113.7\n");
+    Postern::start_with(
+        &settings,
+        Options {
+            extra_args: vec!["--kubeconfig".into(), plane.kubeconfig.display().to_string()],
+            ..Default::default()
+        },
+    )
+}
+
+fn ingress(name: &str, host: &str, path: &str, service: &str, annotations: serde_json::Value) -> serde_json::Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": { "name": name, "annotations": annotations },
+        "spec": {
+            "ingressClassName": "postern",
+            "rules": [{ "host": host, "http": { "paths": [{
+                "path": path, "pathType": "Prefix",
+                "backend": { "service": { "name": service, "port": { "name": "http" } } }
+            }]}}]
+        }
+    })
+}
+
+#[test]
+fn crds_match_the_rust_types() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (code, out, err) = support::run_cli(&["crd"], dir.path());
+    assert_eq!(code, 0, "{err}");
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml")).expect("crd");
+    assert_eq!(
+        out, committed,
+        "crds/routes.postern.dev.yaml drifted: run `postern crd > crds/routes.postern.dev.yaml`"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_serves_follows_endpoints_keeps_last_good_and_reports() {
+    let plane = control_plane::shared();
+    apply_crd(plane);
+    let ns = plane.namespace("ing").await;
+    let client = plane.client().await;
+    let net = netns::Netns::create("ing");
+    let second = net.add_addr();
+    let a = net.serve(net.addr(), 0, "a");
+    let b = net.serve(second, a.port(), "b");
+    create_service(&client, &ns, "web", 80).await;
+    set_slice(&client, &ns, "web", a.port(), &[(net.addr().to_string(), true)]).await;
+
+    let p = start_controller(plane, &ns);
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let public = json!({ "postern.dev/allow_public_unauthenticated_access": "true", "postern.dev/set_response_headers": "X-Served-By: postern" });
+    apply(&ingresses, "web", ingress("web", "web.k8s.test", "/", "web", public.clone())).await;
+
+    let (_, body) =
+        eventually(&p, "web.k8s.test", "/hello", "ingress routed", |s, b| s == 200 && upstream_of(b) == "a").await;
+    let seen: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(seen["host"], format!("web.k8s.test:{}", p.addr.port()), "the client's Host passes unchanged");
+    assert_eq!(seen["path"], "/hello");
+
+    // Status: the published address.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ing = ingresses.get("web").await.expect("get");
+        let ip = ing
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .and_then(|i| i.first().and_then(|e| e.ip.clone()));
+        if ip.as_deref() == Some("203.0.113.7") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status.loadBalancer not written: {ip:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Scale up: both endpoints take traffic; scale down: only the new one.
+    set_slice(&client, &ns, "web", a.port(), &[(net.addr().to_string(), true), (second.to_string(), true)]).await;
+    eventually(&p, "web.k8s.test", "/", "second endpoint used", |s, b| s == 200 && upstream_of(b) == "b").await;
+    set_slice(&client, &ns, "web", a.port(), &[(net.addr().to_string(), false), (second.to_string(), true)]).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hits_a = a.hits();
+    for _ in 0..10 {
+        let (s, b) = eventually(&p, "web.k8s.test", "/", "only b", |s, _| s == 200).await;
+        assert_eq!((s, upstream_of(&b)), (200, "b".to_string()), "a not-ready endpoint gets no requests");
+    }
+    assert_eq!(a.hits(), hits_a);
+    // No ready endpoint at all: 503, not a hang.
+    set_slice(&client, &ns, "web", a.port(), &[(second.to_string(), false)]).await;
+    eventually(&p, "web.k8s.test", "/", "503 without endpoints", |s, _| s == 503).await;
+    set_slice(&client, &ns, "web", a.port(), &[(net.addr().to_string(), true)]).await;
+    eventually(&p, "web.k8s.test", "/", "back", |s, b| s == 200 && upstream_of(b) == "a").await;
+
+    // A bad new version: the last good one keeps serving, and an Event names the annotation.
+    let mut bad = public.clone();
+    bad["postern.dev/cors_allow_prefligth"] = json!("true");
+    apply(&ingresses, "web", ingress("web", "web.k8s.test", "/", "web", bad)).await;
+    let note = wait_for_event(plane, &ns, "Ingress", "web", "Invalid").await;
+    assert!(note.contains("metadata.annotations[postern.dev/cors_allow_prefligth]"), "{note}");
+    assert!(note.contains("did you mean `postern.dev/cors_allow_preflight`"), "{note}");
+    let (s, _) = eventually(&p, "web.k8s.test", "/", "last good", |s, _| s == 200).await;
+    assert_eq!(s, 200);
+
+    // Another Ingress with a bad backend does not touch this one; a newer
+    // Ingress claiming the same host and path loses to the older.
+    apply(&ingresses, "other", ingress("other", "web.k8s.test", "/", "web", public.clone())).await;
+    let note = wait_for_event(plane, &ns, "Ingress", "other", "HostConflict").await;
+    assert!(note.contains("already served by Ingress"), "{note}");
+
+    // Leaving the class removes it from the table.
+    ingresses.delete("other", &DeleteParams::default()).await.expect("delete");
+    let mut moved = ingress("web", "web.k8s.test", "/", "web", public.clone());
+    moved["spec"]["ingressClassName"] = json!("nginx");
+    apply(&ingresses, "web", moved).await;
+    eventually(&p, "web.k8s.test", "/", "class left", |s, _| s == 404).await;
+    drop((a, b));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_resources_serve_and_show_their_status() {
+    let plane = control_plane::shared();
+    apply_crd(plane);
+    let ns = plane.namespace("route").await;
+    let client = plane.client().await;
+    let net = netns::Netns::create("route");
+    let up = net.serve(net.addr(), 0, "api");
+    create_service(&client, &ns, "api", 80).await;
+    set_slice(&client, &ns, "api", up.port(), &[(net.addr().to_string(), true)]).await;
+    let p = start_controller(plane, &ns);
+
+    // The schema refuses what it can at apply time.
+    let both = format!(
+        "apiVersion: postern.dev/v1alpha1\nkind: Route\nmetadata: {{name: both, namespace: {ns}}}\nspec:\n  from: https://x.k8s.test\n  prefix: /a\n  path: /b\n  to: [{{url: 'http://10.0.0.1'}}]\n"
+    );
+    let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&both));
+    assert!(!ok && err.contains("set at most one of prefix, path and regex"), "{err}");
+
+    let route = format!(
+        "apiVersion: postern.dev/v1alpha1\nkind: Route\nmetadata: {{name: api, namespace: {ns}}}\nspec:\n  from: https://api.k8s.test\n  prefix: /v1\n  to: [{{service: {{name: api, port: http}}}}]\n  allowPublicUnauthenticatedAccess: true\n  cors:\n    allowOrigins: [https://app.k8s.test]\n    allowCredentials: true\n"
+    );
+    let (ok, out, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route));
+    assert!(ok, "{out}{err}");
+    let (_, body) =
+        eventually(&p, "api.k8s.test", "/v1/items", "route served", |s, b| s == 200 && upstream_of(b) == "api").await;
+    assert!(body.contains("/v1/items"));
+    // CORS answered by the proxy for the Route.
+    let resp = p
+        .client()
+        .request(reqwest::Method::OPTIONS, p.url("api.k8s.test", "/v1/items"))
+        .header("Origin", "https://app.k8s.test")
+        .header("Access-Control-Request-Method", "POST")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(resp.status(), 204);
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.k8s.test");
+
+    // `kubectl get routes` shows it Ready.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = plane.kubectl(&["get", "routes", "-n", &ns], None);
+        if out.lines().any(|l| l.starts_with("api ") && l.contains("True")) {
+            assert!(out.contains("https://api.k8s.test") && out.contains("FROM") && out.contains("READY"), "{out}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "route never Ready:\n{out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // An invalid new version: Accepted=False naming the field, the old one serves on.
+    let bad = route.replace("allowOrigins: [https://app.k8s.test]", "allowOrigins: ['ftp://nope']");
+    let (ok, out, err) = plane.kubectl(&["apply", "-f", "-"], Some(&bad));
+    assert!(ok, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, out, _) = plane.kubectl(
+            &["get", "route", "api", "-n", &ns, "-o", "jsonpath={.status.conditions[?(@.type==\"Accepted\")].message}"],
+            None,
+        );
+        if out.contains("spec.cors.allowOrigins[0]") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Accepted=False not written: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (s, _) = eventually(&p, "api.k8s.test", "/v1/x", "last good route", |s, _| s == 200).await;
+    assert_eq!(s, 200);
+    drop(up);
+}
