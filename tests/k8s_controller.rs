@@ -122,7 +122,12 @@ async fn wait_for_event(plane: &control_plane::ControlPlane, ns: &str, kind: &st
 }
 
 fn start_controller(plane: &control_plane::ControlPlane, ns: &str) -> Postern {
-    let settings = format!("kubernetes:\n  enabled: true\n  namespaces: [{ns}]\n  publish_address: 203.0.113.7\n");
+    start_controller_with(plane, ns, "")
+}
+
+fn start_controller_with(plane: &control_plane::ControlPlane, ns: &str, extra: &str) -> Postern {
+    let settings =
+        format!("{extra}kubernetes:\n  enabled: true\n  namespaces: [{ns}]\n  publish_address: 203.0.113.7\n");
     Postern::start_with(
         &settings,
         Options {
@@ -310,5 +315,110 @@ async fn route_resources_serve_and_show_their_status() {
     }
     let (s, _) = eventually(&p, "api.k8s.test", "/v1/x", "last good route", |s, _| s == 200).await;
     assert_eq!(s, 200);
+    drop(up);
+}
+
+async fn tls_secret(client: &kube::Client, ns: &str, name: &str, host: &str) -> String {
+    let (cert, key) = support::self_signed(&[host]);
+    let secret = json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": { "name": name },
+        "stringData": { "tls.crt": cert, "tls.key": key },
+    });
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+    apply(&api, name, secret).await;
+    cert
+}
+
+/// The leaf certificate Postern presents for `sni`, as PEM.
+async fn served_cert(p: &Postern, sni: &str) -> String {
+    let tls = support::upstream::tls_connect(p.addr, sni, &[b"http/1.1"]).await.expect("tls");
+    let der = tls.get_ref().1.peer_certificates().expect("certs")[0].clone();
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+}
+
+fn pem_body(pem: &str) -> String {
+    pem.lines().filter(|l| !l.starts_with("-----")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_secrets_by_sni_with_rotation_and_plain_http_hosts() {
+    let plane = control_plane::shared();
+    let ns = plane.namespace("tls").await;
+    let client = plane.client().await;
+    let net = netns::Netns::create("tls");
+    let up = net.serve(net.addr(), 0, "web");
+    create_service(&client, &ns, "web", 80).await;
+    set_slice(&client, &ns, "web", up.port(), &[(net.addr().to_string(), true)]).await;
+    let plain_port = support::free_port();
+    let p = start_controller_with(plane, &ns, &format!("http_redirect_addr: 127.0.0.1:{plain_port}\n"));
+
+    let first = tls_secret(&client, &ns, "secure-cert", "secure.k8s.test").await;
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+    let public = json!({ "postern.dev/allow_public_unauthenticated_access": "true" });
+    let mut secure = ingress("secure", "secure.k8s.test", "/", "web", public.clone());
+    secure["spec"]["tls"] = json!([{ "hosts": ["secure.k8s.test"], "secretName": "secure-cert" }]);
+    apply(&ingresses, "secure", secure).await;
+    apply(&ingresses, "plain", ingress("plain", "plain.k8s.test", "/", "web", public.clone())).await;
+    eventually(&p, "secure.k8s.test", "/", "secure host routed", |s, _| s == 200).await;
+
+    // The Secret's certificate, chosen by SNI; rotated live.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served_cert(&p, "secure.k8s.test").await != pem_body(&first) {
+        assert!(Instant::now() < deadline, "Secret certificate not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_ne!(served_cert(&p, "plain.k8s.test").await, pem_body(&first), "other hosts keep the default certificate");
+    let second = tls_secret(&client, &ns, "secure-cert", "secure.k8s.test").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served_cert(&p, "secure.k8s.test").await != pem_body(&second) {
+        assert!(Instant::now() < deadline, "rotated certificate not served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A missing Secret: an Event, and the default certificate, not an outage.
+    let mut broken = ingress("broken", "broken.k8s.test", "/", "web", public.clone());
+    broken["spec"]["tls"] = json!([{ "hosts": ["broken.k8s.test"], "secretName": "nope" }]);
+    apply(&ingresses, "broken", broken).await;
+    let note = wait_for_event(plane, &ns, "Ingress", "broken", "BadTLSSecret").await;
+    assert!(note.contains("nope") && note.contains("not found"), "{note}");
+    eventually(&p, "broken.k8s.test", "/", "served on the default certificate", |s, _| s == 200).await;
+
+    // Plain HTTP: a host without a TLS entry is served there; a TLS host is redirected.
+    let plain = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let resp = plain
+        .get(format!("http://127.0.0.1:{plain_port}/x"))
+        .header("host", "plain.k8s.test")
+        .send()
+        .await
+        .expect("plain");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(upstream_of(&resp.text().await.expect("body")), "web");
+    let resp = plain
+        .get(format!("http://127.0.0.1:{plain_port}/x"))
+        .header("host", "secure.k8s.test")
+        .send()
+        .await
+        .expect("plain");
+    assert_eq!(resp.status(), 308);
+    assert!(resp.headers()["location"].to_str().expect("ascii").starts_with("https://secure.k8s.test"));
+
+    // A plain-HTTP host whose route needs sign-in is redirected to https first.
+    apply(&ingresses, "plain", ingress("plain", "plain.k8s.test", "/", "web", json!({}))).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = plain
+            .get(format!("http://127.0.0.1:{plain_port}/x"))
+            .header("host", "plain.k8s.test")
+            .send()
+            .await
+            .expect("plain");
+        if resp.status() == 308 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a signed-in route was served over plain HTTP");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(up);
 }

@@ -258,15 +258,45 @@ where
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
     let mut events = std::pin::pin!(events);
+    let mut listed = false;
     while let Some(event) = events.next().await {
         let message = match event {
             Ok(Event::Apply(o) | Event::Delete(o)) => change(&o),
-            Ok(Event::InitDone) => Some(Change::Listed(stream)),
+            Ok(Event::InitDone) => {
+                listed = true;
+                Some(Change::Listed(stream))
+            }
             Ok(Event::Init | Event::InitApply(_)) => None,
             Err(e) => {
                 // The watcher backs off and retries (re-listing after 410).
-                tracing::warn!(k8s.stream = ?stream, error = %e, "watch failed; retrying");
-                None
+                let status = match &e {
+                    watcher::Error::InitialListFailed(kube::Error::Api(s)) => Some(s.code),
+                    _ => None,
+                };
+                match status {
+                    // Not installed or not allowed: nothing of this kind can
+                    // be had until that changes, and the rest of the cluster
+                    // must not wait for it. Counted as listed (empty) once;
+                    // the watcher keeps retrying and picks it up later.
+                    Some(code @ (403 | 404)) if !listed => {
+                        listed = true;
+                        let hint = match (code, stream) {
+                            (404, Stream_::Route) => {
+                                "the Route CRD is not installed (`postern crd | kubectl apply -f -`); Routes are ignored until it is"
+                            }
+                            (404, _) => "the API server does not serve this kind",
+                            _ => {
+                                "forbidden: the service account lacks list/watch on this kind (see the RBAC in the README)"
+                            }
+                        };
+                        tracing::error!(k8s.stream = ?stream, error = %e, "{hint}");
+                        Some(Change::Listed(stream))
+                    }
+                    _ => {
+                        tracing::warn!(k8s.stream = ?stream, error = %e, "watch failed; retrying");
+                        None
+                    }
+                }
             }
         };
         if let Some(m) = message

@@ -170,18 +170,32 @@ fn connection_builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Answers plain HTTP with a redirect to the same URL over https.
-pub async fn serve_redirect(listener: TcpListener, https_port: u16, stop: CancellationToken) {
+/// The plain-HTTP listener (`http_redirect_addr`): serves the routes that
+/// say `http://` and need no sign-in (see
+/// [`pipeline::served_over_plain_http`]); redirects everything else to
+/// the same URL over https.
+pub async fn serve_redirect(proxy: Arc<Proxy>, listener: TcpListener, https_port: u16, stop: CancellationToken) {
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer_addr) = tokio::select! {
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
         };
+        let proxy = proxy.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| async move {
-                Ok::<_, std::convert::Infallible>(redirect_to_https(&req, https_port))
+            let peer = Peer::new(peer_addr.ip(), false);
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (proxy, peer) = (proxy.clone(), peer.clone());
+                async move {
+                    let resp = if pipeline::served_over_plain_http(&proxy, &req) {
+                        let resp = pipeline::handle(proxy, peer, req).await;
+                        resp.map(|b| http_body_util::BodyExt::boxed(b))
+                    } else {
+                        redirect_to_https(&req, https_port)
+                    };
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
             });
-            let _ = connection_builder().serve_connection(TokioIo::new(stream), service).await;
+            let _ = connection_builder().serve_connection_with_upgrades(TokioIo::new(stream), service).await;
         });
     }
 }

@@ -79,6 +79,23 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
     finish(&proxy, ctx, response)
 }
 
+/// Whether a request that reached the plain-HTTP listener is served there:
+/// its route says `http://` (an Ingress host without TLS, a Route with an
+/// `http://` from) and needs no sign-in, since session cookies are
+/// `Secure` and credentials must not cross the network in the clear.
+/// Everything else is redirected to https.
+pub(crate) fn served_over_plain_http(proxy: &Proxy, req: &Request<Incoming>) -> bool {
+    let Ok((host, port)) = target(req) else { return false };
+    let Ok(path) = path::normalize(req.uri().path()) else { return false };
+    if endpoints::is_own_path(&path) || proxy.auth.authenticate.as_ref().is_some_and(|a| a.host == host) {
+        return false;
+    }
+    let table = proxy.routes.snapshot();
+    table
+        .lookup(&host, port, &path)
+        .is_some_and(|r| r.from.scheme == http::uri::Scheme::HTTP && r.policy.is_public() && !r.pass_identity_headers)
+}
+
 /// The scheme the client used: TLS to us, or a trusted proxy's word.
 fn scheme(req: &Request<Incoming>, peer: &Peer) -> &'static str {
     if peer.tls {

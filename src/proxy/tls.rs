@@ -65,20 +65,8 @@ impl CertResolver {
         } else {
             certs
         };
-        for ck in certs {
-            let key = provider
-                .key_provider
-                .load_private_key(ck.key.clone_key())
-                .map_err(|source| TlsError::Key { origin: ck.origin.clone(), source })?;
-            let signing = Arc::new(SigningKey::new(ck.chain.clone(), key));
-            for name in dns_names(ck)? {
-                match name.strip_prefix("*.") {
-                    Some(parent) => set.wildcard.entry(parent.to_string()).or_insert_with(|| signing.clone()),
-                    None => set.exact.entry(name).or_insert_with(|| signing.clone()),
-                };
-            }
-            set.fallback.get_or_insert(signing);
-        }
+        // Named certificates first: a host's own Secret wins over the
+        // defaults (a generated certificate covers every route host).
         let mut skipped = Vec::new();
         for ck in by_name {
             let loaded = provider
@@ -97,6 +85,20 @@ impl CertResolver {
                 }
                 Err(e) => skipped.push(e),
             }
+        }
+        for ck in certs {
+            let key = provider
+                .key_provider
+                .load_private_key(ck.key.clone_key())
+                .map_err(|source| TlsError::Key { origin: ck.origin.clone(), source })?;
+            let signing = Arc::new(SigningKey::new(ck.chain.clone(), key));
+            for name in dns_names(ck)? {
+                match name.strip_prefix("*.") {
+                    Some(parent) => set.wildcard.entry(parent.to_string()).or_insert_with(|| signing.clone()),
+                    None => set.exact.entry(name).or_insert_with(|| signing.clone()),
+                };
+            }
+            set.fallback.get_or_insert(signing);
         }
         self.0.store(Arc::new(set));
         Ok((generated, skipped))

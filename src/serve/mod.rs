@@ -95,7 +95,7 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
     if let Some(addr) = settings.http_redirect_addr {
         let listener = admin::bind(addr, "http_redirect_addr").await?;
         // The bound port, not the configured one: `address` may say port 0.
-        tasks.spawn(proxy::serve_redirect(listener, main.local_addr()?.port(), stop.clone()));
+        tasks.spawn(proxy::serve_redirect(proxy.clone(), listener, main.local_addr()?.port(), stop.clone()));
     }
     if let Some(addr) = settings.metrics_address {
         let listener = admin::bind(addr, "metrics_address").await?;

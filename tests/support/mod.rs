@@ -237,6 +237,12 @@ pub fn run_cli(args: &[&str], cwd: &Path) -> (i32, String, String) {
     )
 }
 
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
 /// A self-signed certificate for `names`, as (cert PEM, key PEM).
 pub fn self_signed(names: &[&str]) -> (String, String) {
     let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
