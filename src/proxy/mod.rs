@@ -188,7 +188,7 @@ pub async fn serve_redirect(proxy: Arc<Proxy>, listener: TcpListener, https_port
                 async move {
                     let resp = if pipeline::served_over_plain_http(&proxy, &req) {
                         let resp = pipeline::handle(proxy, peer, req).await;
-                        resp.map(|b| http_body_util::BodyExt::boxed(b))
+                        resp.map(http_body_util::BodyExt::boxed)
                     } else {
                         redirect_to_https(&req, https_port)
                     };
