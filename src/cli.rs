@@ -61,6 +61,12 @@ enum Command {
         config: PathBuf,
         #[arg(long, short, value_enum, default_value = "table")]
         output: Output,
+        /// Include the routes a running controller builds from the cluster
+        /// (one sync; nothing is written to the cluster).
+        #[arg(long)]
+        kubernetes: bool,
+        #[command(flatten)]
+        cluster: ClusterArgs,
     },
 }
 
@@ -125,7 +131,11 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Check { config } => check(&config),
-        Command::Routes { config, output } => routes(&config, output),
+        Command::Routes { config, output, kubernetes, cluster } => {
+            let cluster = kubernetes
+                .then(|| crate::k8s::ClientOptions { kubeconfig: cluster.kubeconfig, context: cluster.context });
+            routes(&config, output, cluster)
+        }
     }
 }
 
@@ -170,14 +180,23 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-fn routes(path: &Path, output: Output) -> ExitCode {
-    let (table, problems) = match load_and_compile(path) {
+fn routes(path: &Path, output: Output, cluster: Option<crate::k8s::ClientOptions>) -> ExitCode {
+    let (mut table, mut problems) = match load_and_compile(path) {
         Ok(t) => t,
         Err(text) => {
             eprint!("{text}");
             return ExitCode::FAILURE;
         }
     };
+    if let Some(options) = cluster {
+        match cluster_table(path, &options) {
+            Ok((t, p)) => (table, problems) = (t, p),
+            Err(e) => {
+                eprintln!("postern: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     for p in &problems {
         eprintln!("{p} (left out)");
     }
@@ -222,6 +241,27 @@ fn routes(path: &Path, output: Output) -> ExitCode {
         Output::Table => print_table(&rows),
     }
     if problems.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+/// The file's routes followed by the cluster's, as `serve --kubernetes`
+/// would compile them.
+fn cluster_table(
+    path: &Path,
+    options: &crate::k8s::ClientOptions,
+) -> Result<(RouteTable, Vec<config::Problem>), String> {
+    let Config { settings, routes, mut problems } = config::load(path).map_err(|e| e.to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let cluster = runtime.block_on(async {
+        let client = crate::k8s::client(options).await.map_err(|e| e.to_string())?;
+        let check_settings = settings.clone();
+        let check: crate::k8s::Check = std::sync::Arc::new(move |spec| RouteTable::check(&check_settings, spec));
+        crate::k8s::snapshot(client, settings.kubernetes.clone(), check, Duration::from_secs(30))
+            .await
+            .ok_or_else(|| "the cluster did not sync within 30s".to_string())
+    })?;
+    let (table, compile_problems) = RouteTable::compile(&settings, routes.into_iter().chain(cluster.routes).collect());
+    problems.extend(compile_problems);
+    Ok((table, problems))
 }
 
 fn print_table(rows: &[serde_json::Value]) {

@@ -228,6 +228,12 @@ async fn ingress_serves_follows_endpoints_keeps_last_good_and_reports() {
     let note = wait_for_event(plane, &ns, "Ingress", "web", "Invalid").await;
     assert!(note.contains("metadata.annotations[postern.dev/cors_allow_prefligth]"), "{note}");
     assert!(note.contains("did you mean `postern.dev/cors_allow_preflight`"), "{note}");
+    let (ok, described, err) = plane.kubectl(&["describe", "ingress", "web", "-n", &ns], None);
+    assert!(ok, "{err}");
+    assert!(
+        described.contains("Warning") && described.contains("Invalid") && described.contains("cors_allow_prefligth"),
+        "kubectl describe shows the Event:\n{described}"
+    );
     let (s, _) = eventually(&p, "web.k8s.test", "/", "last good", |s, _| s == 200).await;
     assert_eq!(s, 200);
 
@@ -296,6 +302,20 @@ async fn route_resources_serve_and_show_their_status() {
         assert!(Instant::now() < deadline, "route never Ready:\n{out}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // `postern routes --kubernetes` prints what the controller builds.
+    let kubeconfig = plane.kubeconfig.display().to_string();
+    let config = p.config_path.display().to_string();
+    let (code, out, err) = support::run_cli(
+        &["routes", "--config", &config, "--kubernetes", "--kubeconfig", &kubeconfig, "--output", "json"],
+        p.dir.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let row =
+        rows.as_array().expect("rows").iter().find(|r| r["origin"] == format!("Route {ns}/api")).expect("the Route");
+    assert_eq!(row["from"], "https://api.k8s.test");
+    assert_eq!(row["path"], "/v1*");
 
     // An invalid new version: Accepted=False naming the field, the old one serves on.
     let bad = route.replace("allowOrigins: [https://app.k8s.test]", "allowOrigins: ['ftp://nope']");

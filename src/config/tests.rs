@@ -116,3 +116,35 @@ fn listen_addresses_in_go_style() {
     assert!(parse_listen_address("localhost:8080").is_ok());
     assert!(parse_listen_address("8080").is_err());
 }
+
+#[test]
+fn kubernetes_settings_are_checked_like_the_rest() {
+    let c = parse_ok(
+        "kubernetes:\n  enabled: true\n  namespaces: [web, api]\n  publish_service: ingress/postern\n  \
+         route_defaults:\n    allow_any_authenticated_user: true\n    timeout: 10s\n",
+    );
+    let k = &c.settings.kubernetes;
+    assert!(k.enabled && k.leader_election);
+    assert_eq!(k.ingress_class, "postern");
+    assert_eq!(k.controller_name, "postern.dev/ingress-controller");
+    assert_eq!(k.namespaces, vec!["web".to_string(), "api".to_string()]);
+    assert_eq!(k.publish, Some(Publish::Service { namespace: "ingress".into(), name: "postern".into() }));
+    assert_eq!(k.route_defaults["timeout"], serde_json::json!("10s"));
+
+    let problems = problems_of(
+        "kubernetes:\n  enabled: true\n  ingres_class: x\n  namespaces: [Bad_NS]\n  publish_service: nope\n  \
+         route_defaults:\n    timeout: soon\n    to: http://x\n",
+    );
+    let text = problems.join("\n");
+    assert!(
+        text.contains(
+            "config.yaml:3:3: kubernetes.ingres_class: unknown key `ingres_class`; did you mean `ingress_class`?"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("kubernetes.namespaces[0]: \"Bad_NS\" is not a namespace name"), "{text}");
+    assert!(text.contains("kubernetes.publish_service: \"nope\" must be namespace/name of a Service"), "{text}");
+    assert!(text.contains("kubernetes.route_defaults.to: is set by each object, not as a default"), "{text}");
+    let problems = problems_of("kubernetes:\n  route_defaults:\n    timeout: soon\n");
+    assert!(problems.iter().any(|p| p.contains("config.yaml:3:5: kubernetes.route_defaults.timeout") && p.contains("invalid duration")), "{problems:?}");
+}

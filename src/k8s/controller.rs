@@ -100,8 +100,15 @@ where
 }
 
 /// Runs until the process stops. `publish` receives the cluster's routes
-/// after the first full sync and after every change.
-pub(crate) async fn run(client: Client, settings: KubernetesSettings, check: Check, publish: Publish) {
+/// after the first full sync and after every change. `write_status`: tell
+/// the cluster (status, Events) what was made of each object.
+pub(crate) async fn run(
+    client: Client,
+    settings: KubernetesSettings,
+    check: Check,
+    publish: Publish,
+    write_status: bool,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
         vec![None]
@@ -218,7 +225,9 @@ pub(crate) async fn run(client: Client, settings: KubernetesSettings, check: Che
             synced = true;
             tracing::info!(routes = count, objects = entries.len(), "cluster synced");
         }
-        status.report(reports, conflicts, cert_problems);
+        if write_status {
+            status.report(reports, conflicts, cert_problems);
+        }
     }
 }
 

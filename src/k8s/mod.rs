@@ -69,5 +69,27 @@ pub async fn client(options: &ClientOptions) -> Result<kube::Client, Error> {
 
 /// Watches the cluster and publishes its routes until the process stops.
 pub async fn run(client: kube::Client, settings: KubernetesSettings, check: Check, publish: Publish) {
-    controller::run(client, settings, check, publish).await
+    controller::run(client, settings, check, publish, true).await
+}
+
+/// The routes the controller would build from the cluster now: one full
+/// sync, nothing written back (no status, no Events). For `postern routes
+/// --kubernetes`.
+pub async fn snapshot(
+    client: kube::Client,
+    settings: KubernetesSettings,
+    check: Check,
+    timeout: std::time::Duration,
+) -> Option<ClusterRoutes> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = std::sync::Mutex::new(Some(tx));
+    let publish: Publish = Box::new(move |routes| {
+        if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(routes);
+        }
+    });
+    let task = tokio::spawn(controller::run(client, settings, check, publish, false));
+    let routes = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
+    task.abort();
+    routes
 }
