@@ -133,7 +133,7 @@ pub fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Routes { config, output, kubernetes, cluster } => {
             let cluster = kubernetes
-                .then(|| crate::k8s::ClientOptions { kubeconfig: cluster.kubeconfig, context: cluster.context });
+                .then_some(crate::k8s::ClientOptions { kubeconfig: cluster.kubeconfig, context: cluster.context });
             routes(&config, output, cluster)
         }
     }
