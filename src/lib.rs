@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cli → serve → proxy → routes → auth → policy → config → cors
+//!         └───→ k8s ───────────────────────────→ config
 //!                                                  ↘ identity, suggest, trust, telemetry (leaves)
 //! ```
 //!
@@ -18,8 +19,10 @@
 //!   it is handed the matched route's settings, never the table.
 //! - `proxy` is the server: listeners, the request pipeline, forwarding and
 //!   the admin listener (`/metrics`, `/healthz`, `/readyz`).
-//! - `serve` wires sources to the live table: the file reloader (and the
-//!   cluster, `k8s`) hand their specs to the same place.
+//! - `k8s` turns cluster objects into `RouteSpec`s and certificates; it
+//!   knows only the config model, and the route check is injected.
+//! - `serve` wires sources to the live table: the file reloader and the
+//!   cluster (`k8s`) hand their specs to the same place (`RouteSources`).
 
 pub mod auth;
 pub mod cli;
