@@ -29,20 +29,11 @@ use tokio::sync::mpsc;
 
 use super::backends::Backends;
 use super::crd::Route;
+use super::object::{Conflict, Key, Kind, Subject};
 use super::status::{Report, StatusWriter};
 use super::translate::{self, Ranked};
 use super::{Check, ClusterRoutes, Publish};
 use crate::config::{CertifiedKey, KubernetesSettings, Problem};
-
-/// The kinds the controller caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub(crate) enum Kind {
-    Ingress,
-    Route,
-}
-
-/// One watched object, by kind, namespace and name.
-pub(crate) type Key = (Kind, String, String);
 
 /// What a watch event says changed.
 #[derive(Debug)]
@@ -394,20 +385,6 @@ fn reconcile(
             .as_ref()
             .map(|routes| routes.iter().flat_map(|r| r.spec.to.iter().cloned()).collect::<Vec<_>>().join(", ")),
     });
-}
-
-/// The object a report is about.
-pub(crate) enum Subject {
-    Ingress(Arc<Ingress>),
-    Route(Arc<Route>),
-}
-
-/// A route another, older object already serves.
-pub(crate) struct Conflict {
-    pub loser: Key,
-    pub holder: Key,
-    pub host: String,
-    pub path: String,
 }
 
 /// The cluster's routes in match order: by host, then the rank of the

@@ -11,6 +11,7 @@ mod annotations;
 mod backends;
 mod controller;
 pub mod crd;
+mod object;
 mod status;
 mod translate;
 

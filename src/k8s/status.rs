@@ -14,7 +14,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
-use super::controller::{Conflict, Key, Kind, Subject};
+use super::object::{Conflict, Key, Kind, Subject};
 use crate::config::{KubernetesSettings, Problem, Publish};
 
 /// The field manager of every status write.

@@ -1,0 +1,33 @@
+//! The objects the controller keeps track of: how they are named, and
+//! what it reports about them (shared by the rebuild loop and the status
+//! writer).
+
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::Ingress;
+
+use super::crd::Route;
+
+/// The kinds the controller caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Kind {
+    Ingress,
+    Route,
+}
+
+/// One watched object, by kind, namespace and name.
+pub(crate) type Key = (Kind, String, String);
+
+/// The object a report is about.
+pub(crate) enum Subject {
+    Ingress(Arc<Ingress>),
+    Route(Arc<Route>),
+}
+
+/// A route another, older object already serves.
+pub(crate) struct Conflict {
+    pub loser: Key,
+    pub holder: Key,
+    pub host: String,
+    pub path: String,
+}
