@@ -442,3 +442,70 @@ async fn tls_secrets_by_sni_with_rotation_and_plain_http_hosts() {
     }
     drop(up);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotation_families_and_the_default_class() {
+    let plane = control_plane::shared();
+    let ns = plane.namespace("ann").await;
+    let client = plane.client().await;
+    let net = netns::Netns::create("ann");
+    let up = net.serve(net.addr(), 0, "web");
+    create_service(&client, &ns, "web", 80).await;
+    set_slice(&client, &ns, "web", up.port(), &[(net.addr().to_string(), true)]).await;
+    let p = start_controller(plane, &ns);
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+
+    // A Pomerium Ingress moves over unchanged; ingress-nginx's CORS keys
+    // become Postern's policy; its other keys are listed in one Event.
+    let annotations = json!({
+        "ingress.pomerium.io/allow_public_unauthenticated_access": "true",
+        "ingress.pomerium.io/set_response_headers": "{X-Frame-Options: DENY}",
+        "nginx.ingress.kubernetes.io/enable-cors": "true",
+        "nginx.ingress.kubernetes.io/cors-allow-origin": "https://app.k8s.test",
+        "nginx.ingress.kubernetes.io/rewrite-target": "/",
+    });
+    apply(&ingresses, "migrated", ingress("migrated", "migrated.k8s.test", "/", "web", annotations)).await;
+    let resp_ok = |s: u16, _: &str| s == 200;
+    eventually(&p, "migrated.k8s.test", "/", "migrated ingress", resp_ok).await;
+    let resp = p
+        .client()
+        .request(reqwest::Method::OPTIONS, p.url("migrated.k8s.test", "/"))
+        .header("Origin", "https://app.k8s.test")
+        .header("Access-Control-Request-Method", "PUT")
+        .send()
+        .await
+        .expect("preflight");
+    assert_eq!(resp.status(), 204, "answered by Postern");
+    assert_eq!(resp.headers()["access-control-allow-origin"], "https://app.k8s.test");
+    assert_eq!(resp.headers()["access-control-allow-credentials"], "true", "ingress-nginx's default");
+    assert!(resp.headers()["access-control-allow-methods"].to_str().expect("ascii").contains("PUT"));
+    let resp = p.client().get(p.url("migrated.k8s.test", "/")).send().await.expect("get");
+    assert_eq!(resp.headers()["x-frame-options"], "DENY");
+    let note = wait_for_event(plane, &ns, "Ingress", "migrated", "IgnoredAnnotations").await;
+    assert!(note.contains("nginx.ingress.kubernetes.io/rewrite-target"), "{note}");
+
+    // No class: ignored until our IngressClass is the cluster default.
+    let mut classless = ingress(
+        "classless",
+        "classless.k8s.test",
+        "/",
+        "web",
+        json!({ "postern.dev/allow_public_unauthenticated_access": "true" }),
+    );
+    classless["spec"].as_object_mut().expect("spec").remove("ingressClassName");
+    apply(&ingresses, "classless", classless).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let resp = p.client().get(p.url("classless.k8s.test", "/")).send().await.expect("get");
+    assert_eq!(resp.status(), 404, "not ours without a default class");
+    let class = json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+        "metadata": { "name": "postern", "annotations": { "ingressclass.kubernetes.io/is-default-class": "true" } },
+        "spec": { "controller": "postern.dev/ingress-controller" }
+    });
+    let classes: Api<k8s_openapi::api::networking::v1::IngressClass> = Api::all(client.clone());
+    apply(&classes, "postern", class).await;
+    eventually(&p, "classless.k8s.test", "/", "default class", resp_ok).await;
+    classes.delete("postern", &DeleteParams::default()).await.expect("delete class");
+    eventually(&p, "classless.k8s.test", "/", "class no longer default", |s, _| s == 404).await;
+    drop(up);
+}
