@@ -88,6 +88,9 @@ async fn eventually(
     panic!("{what}: last answer {} {}\nlog:\n{}", last.0, last.1, p.logs().join("\n"));
 }
 
+/// Stops the background load of the scaling test.
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn upstream_of(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
@@ -205,6 +208,25 @@ async fn ingress_serves_follows_endpoints_keeps_last_good_and_reports() {
     }
 
     // Scale up: both endpoints take traffic; scale down: only the new one.
+    // Meanwhile a client keeps sending requests: none may fail.
+    let load = {
+        let (client, url) = (p.client(), p.url("web.k8s.test", "/load"));
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while ok + (failed.len() as u32) < 100_000 && Instant::now() < deadline {
+                match client.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().as_u16()),
+                    Err(e) => failed.push(if e.is_timeout() { 1 } else { 0 }),
+                }
+                if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+            }
+            (ok, failed)
+        })
+    };
     set_slice(&client, &ns, "web", a.port(), &[(net.addr().to_string(), true), (second.to_string(), true)]).await;
     eventually(&p, "web.k8s.test", "/", "second endpoint used", |s, b| s == 200 && upstream_of(b) == "b").await;
     set_slice(&client, &ns, "web", a.port(), &[(net.addr().to_string(), false), (second.to_string(), true)]).await;
@@ -215,6 +237,9 @@ async fn ingress_serves_follows_endpoints_keeps_last_good_and_reports() {
         assert_eq!((s, upstream_of(&b)), (200, "b".to_string()), "a not-ready endpoint gets no requests");
     }
     assert_eq!(a.hits(), hits_a);
+    STOP.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.await.expect("load");
+    assert!(ok > 0 && failed.is_empty(), "{ok} requests answered, failed: {failed:?}");
     // No ready endpoint at all: 503, not a hang.
     set_slice(&client, &ns, "web", a.port(), &[(second.to_string(), false)]).await;
     eventually(&p, "web.k8s.test", "/", "503 without endpoints", |s, _| s == 503).await;
