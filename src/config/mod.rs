@@ -576,6 +576,7 @@ impl Loader {
             prefix: raw.prefix,
             path: raw.path,
             regex: raw.regex,
+            segment_prefix: None,
             prefix_rewrite: raw.prefix_rewrite,
             preserve_host_header: raw.preserve_host_header,
             host_rewrite: raw.host_rewrite,

@@ -202,6 +202,10 @@ pub struct RouteSpec {
     pub prefix: Option<String>,
     pub path: Option<String>,
     pub regex: Option<String>,
+    /// Kubernetes' `Prefix` path type: whole path segments (`/foo` matches
+    /// `/foo` and `/foo/bar`, not `/foobar`). Set by the cluster source
+    /// only; the file format has no key for it.
+    pub segment_prefix: Option<String>,
     pub prefix_rewrite: Option<String>,
     pub preserve_host_header: bool,
     pub host_rewrite: Option<String>,

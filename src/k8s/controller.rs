@@ -410,13 +410,16 @@ fn assemble(entries: &BTreeMap<Key, Entry>) -> (Vec<crate::config::RouteSpec>, V
     let mut conflicts = Vec::new();
     let mut routes = Vec::with_capacity(all.len());
     for (key, _, _, r) in all {
-        let rule = format!("{:?}|{:?}|{:?}", r.spec.path, r.spec.prefix, r.spec.regex);
+        let rule = format!("{:?}|{:?}|{:?}|{:?}", r.spec.path, r.spec.prefix, r.spec.regex, r.spec.segment_prefix);
         match owners.get(&(host(r), rule.clone())) {
             Some(holder) if *holder != key => conflicts.push(Conflict {
                 loser: key.clone(),
                 holder: (*holder).clone(),
                 host: host(r),
-                path: r.spec.path.clone().or(r.spec.prefix.clone()).or(r.spec.regex.clone()).unwrap_or("/".into()),
+                path: [&r.spec.path, &r.spec.prefix, &r.spec.segment_prefix, &r.spec.regex]
+                    .into_iter()
+                    .find_map(|p| p.clone())
+                    .unwrap_or("/".into()),
             }),
             Some(_) => routes.push(r.spec.clone()),
             None => {

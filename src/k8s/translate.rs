@@ -72,6 +72,9 @@ fn rank(spec: &RouteSpec) -> (u8, std::cmp::Reverse<usize>) {
     match (&spec.path, &spec.prefix, &spec.regex) {
         (Some(p), _, _) => (0, Reverse(p.len())),
         (_, Some(p), _) => (1, Reverse(p.len())),
+        (_, _, None) if spec.segment_prefix.is_some() => {
+            (1, Reverse(spec.segment_prefix.as_ref().map_or(0, |p| p.trim_end_matches('/').len())))
+        }
         (_, _, Some(_)) => (2, Reverse(0)),
         _ => (3, Reverse(0)),
     }
@@ -156,6 +159,9 @@ pub(crate) fn ingress(ing: &Ingress, defaults: &Map<String, Value>, resolve: &dy
         }
     };
     let mut routes: Vec<(String, Map<String, Value>)> = Vec::new();
+    // Element-wise prefixes (by index into `routes`): no file key says
+    // them, so they are set on the checked spec.
+    let mut segments: std::collections::HashMap<usize, String> = std::collections::HashMap::new();
     for (r, rule) in spec.rules.iter().flatten().enumerate() {
         let host = rule.host.as_deref();
         for (p, path) in rule.http.iter().flat_map(|h| h.paths.iter()).enumerate() {
@@ -170,10 +176,10 @@ pub(crate) fn ingress(ing: &Ingress, defaults: &Map<String, Value>, resolve: &dy
                 // Element-wise, as Kubernetes defines Prefix: `/foo` matches
                 // `/foo` and `/foo/bar`, not `/foobar`; a trailing `/` is ignored.
                 "Prefix" => {
-                    let trimmed = raw_path.trim_end_matches('/');
-                    if !trimmed.is_empty() {
-                        keys.insert("regex".into(), Value::String(format!("{}(/.*)?", regex::escape(trimmed))));
-                        keys.insert("prefix_len".into(), Value::from(trimmed.len()));
+                    if raw_path.trim_end_matches('/').is_empty() {
+                        // `/`: every path.
+                    } else {
+                        segments.insert(routes.len(), raw_path.to_string());
                     }
                 }
                 "ImplementationSpecific" => {
@@ -206,18 +212,14 @@ pub(crate) fn ingress(ing: &Ingress, defaults: &Map<String, Value>, resolve: &dy
             routes.push(("spec.defaultBackend".into(), k));
         }
     }
-    for (at, mut keys) in routes {
-        // Element-wise prefixes rank by their length, as prefixes do.
-        let prefix_len = keys.remove("prefix_len").and_then(|v| v.as_u64());
+    for (i, (at, mut keys)) in routes.into_iter().enumerate() {
         keys.entry("preserve_host_header").or_insert(Value::Bool(true));
         let merged = with_defaults(defaults, keys);
         let mut problems = Vec::new();
-        if let Some(spec) = config::route_from_keys(&origin, merged, &mut problems) {
-            let mut r = rank(&spec);
-            if let Some(len) = prefix_len {
-                r = (1, std::cmp::Reverse(len as usize));
-            }
-            out.routes.push(Ranked { spec, rank: r });
+        if let Some(mut spec) = config::route_from_keys(&origin, merged, &mut problems) {
+            spec.segment_prefix = segments.remove(&i);
+            let rank = rank(&spec);
+            out.routes.push(Ranked { spec, rank });
         }
         out.problems.extend(problems.into_iter().map(|p| rename_ingress_field(p, &at)));
     }

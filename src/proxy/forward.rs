@@ -196,7 +196,7 @@ pub(crate) fn upstream_path(route: &Route, upstream: &Upstream, path: &str, quer
     let rewritten: std::borrow::Cow<'_, str> = match &route.prefix_rewrite {
         Some(rewrite) => {
             let matched = match &route.rule {
-                crate::routes::PathRule::Prefix(p) => p.as_str(),
+                crate::routes::PathRule::Prefix(p) | crate::routes::PathRule::Segments(p) => p.as_str(),
                 crate::routes::PathRule::Exact(p) => p.as_str(),
                 _ => "/",
             };

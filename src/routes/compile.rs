@@ -29,7 +29,19 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
 
     let from = parse_from(&spec.from).map_err(|m| bad("from", m))?;
     let rule = match (&spec.path, &spec.prefix, &spec.regex) {
-        (None, None, None) => PathRule::Any,
+        (None, None, None) => match &spec.segment_prefix {
+            None => PathRule::Any,
+            Some(p) => {
+                let p = absolute_path("path", p).map_err(|m| bad("path", m))?;
+                match p.trim_end_matches('/') {
+                    "" => PathRule::Any,
+                    trimmed => PathRule::Segments(trimmed.to_string()),
+                }
+            }
+        },
+        _ if spec.segment_prefix.is_some() => {
+            return Err(bad("path", "set only one path rule".into()));
+        }
         (Some(p), None, None) => PathRule::Exact(absolute_path("path", p).map_err(|m| bad("path", m))?),
         (None, Some(p), None) => PathRule::Prefix(absolute_path("prefix", p).map_err(|m| bad("prefix", m))?),
         (None, None, Some(r)) => PathRule::Regex {

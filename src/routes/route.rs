@@ -72,6 +72,9 @@ pub enum PathRule {
     Any,
     Exact(String),
     Prefix(String),
+    /// Whole segments: the path equals it or continues with `/` (never
+    /// ends with `/` itself; `/` alone is `Any`).
+    Segments(String),
     /// `re` is `source` anchored at both ends; `source` is what the user wrote.
     Regex {
         re: Regex,
@@ -85,6 +88,9 @@ impl PathRule {
             PathRule::Any => true,
             PathRule::Exact(p) => path == p,
             PathRule::Prefix(p) => path.starts_with(p.as_str()),
+            PathRule::Segments(p) => {
+                path.strip_prefix(p.as_str()).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
             PathRule::Regex { re, .. } => re.is_match(path),
         }
     }
@@ -96,6 +102,7 @@ impl std::fmt::Display for PathRule {
             PathRule::Any => f.write_str("/*"),
             PathRule::Exact(p) => f.write_str(p),
             PathRule::Prefix(p) => write!(f, "{p}*"),
+            PathRule::Segments(p) => write!(f, "{p}[/*]"),
             PathRule::Regex { source, .. } => write!(f, "~{source}"),
         }
     }

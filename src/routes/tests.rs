@@ -102,3 +102,15 @@ fn zero_timeout_disables_and_default_applies() {
     assert_eq!(t.lookup("a", None, "/").expect("route").timeout, None);
     assert_eq!(t.lookup("b", None, "/").expect("route").timeout, Some(std::time::Duration::from_secs(30)));
 }
+
+#[test]
+fn segment_prefixes_match_whole_segments_and_any_host_is_last() {
+    let segments =
+        |p: &str, body: &str| RouteSpec { segment_prefix: Some(p.into()), ..respond("https://a.example.com", body) };
+    let t = table(vec![segments("/foo/", "foo"), segments("/", "root"), respond("https://*", "anyhost")]);
+    assert_eq!(body(&t, "a.example.com", None, "/foo"), Some("foo".into()));
+    assert_eq!(body(&t, "a.example.com", None, "/foo/bar"), Some("foo".into()));
+    assert_eq!(body(&t, "a.example.com", None, "/foobar"), Some("root".into()), "not a segment of /foo");
+    assert_eq!(body(&t, "other.example.com", None, "/foo"), Some("anyhost".into()));
+    assert!(!t.has_host("other.example.com"), "a catch-all route does not make every host a return-URL host");
+}
