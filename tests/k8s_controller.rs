@@ -534,3 +534,84 @@ async fn annotation_families_and_the_default_class() {
     eventually(&p, "classless.k8s.test", "/", "class no longer default", |s, _| s == 404).await;
     drop(up);
 }
+
+/// The Lease holder's process id (identities are `host-pid` outside a pod).
+fn lease_holder_pid(plane: &control_plane::ControlPlane, ns: &str) -> Option<u32> {
+    let (ok, out, _) =
+        plane.kubectl(&["get", "lease", "postern-leader", "-n", ns, "-o", "jsonpath={.spec.holderIdentity}"], None);
+    if !ok {
+        return None;
+    }
+    out.trim().rsplit_once('-').and_then(|(_, pid)| pid.parse().ok())
+}
+
+fn accepted_message(plane: &control_plane::ControlPlane, ns: &str, name: &str) -> String {
+    plane
+        .kubectl(
+            &["get", "route", name, "-n", ns, "-o", "jsonpath={.status.conditions[?(@.type==\"Accepted\")].message}"],
+            None,
+        )
+        .1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_one_status_writer_and_failover() {
+    let plane = control_plane::shared();
+    apply_crd(plane);
+    let ns = plane.namespace("lease").await;
+    let a = start_controller(plane, &ns);
+    let b = start_controller(plane, &ns);
+    let route = |origin: &str| {
+        format!(
+            "apiVersion: postern.dev/v1alpha1\nkind: Route\nmetadata: {{name: r, namespace: {ns}}}\nspec:\n  from: https://r.k8s.test\n  response: {{status: 200, body: ok}}\n  allowPublicUnauthenticatedAccess: true\n  cors: {{allowOrigins: ['{origin}']}}\n"
+        )
+    };
+    // A valid first version serves on both replicas.
+    let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route("https://app.k8s.test")));
+    assert!(ok, "{err}");
+    eventually(&a, "r.k8s.test", "/", "replica a serves", |s, _| s == 200).await;
+    eventually(&b, "r.k8s.test", "/", "replica b serves", |s, _| s == 200).await;
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let leader = loop {
+        if let Some(pid) = lease_holder_pid(plane, &ns).filter(|pid| *pid == a.pid() || *pid == b.pid()) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no replica holds the Lease");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // An invalid version: the condition is written once, and not rewritten
+    // back and forth while nothing changes.
+    let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route("ftp://one")));
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !accepted_message(plane, &ns, "r").contains("ftp://one") {
+        assert!(Instant::now() < deadline, "status not written by the leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let version = |plane: &control_plane::ControlPlane| {
+        plane.kubectl(&["get", "route", "r", "-n", &ns, "-o", "jsonpath={.metadata.resourceVersion}"], None).1
+    };
+    let before = version(plane);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(version(plane), before, "status is not rewritten while nothing changes");
+
+    // The leader stops (SIGTERM releases the Lease); the other takes over and
+    // writes the next change, well within the Lease duration.
+    let (mut gone, survivor) = if leader == a.pid() { (a, b) } else { (b, a) };
+    gone.signal("TERM");
+    assert!(gone.wait_exit(Duration::from_secs(15)).is_some(), "leader exits on SIGTERM");
+    let stopped = Instant::now();
+    let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route("ftp://two")));
+    assert!(ok, "{err}");
+    while !accepted_message(plane, &ns, "r").contains("ftp://two") {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "the new leader did not write status within the Lease duration"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(lease_holder_pid(plane, &ns), Some(survivor.pid()));
+    eventually(&survivor, "r.k8s.test", "/", "last good still serving", |s, _| s == 200).await;
+    drop(survivor);
+}

@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 
 use super::backends::Backends;
 use super::crd::Route;
+use super::leader::Election;
 use super::object::{Conflict, Key, Kind, Subject};
 use super::status::{Report, StatusWriter};
 use super::translate::{self, Ranked};
@@ -90,7 +91,7 @@ where
     stores.iter().find_map(|s| s.get(&key))
 }
 
-/// Runs until the process stops. `publish` receives the cluster's routes
+/// Runs until `stop` turns true. `publish` receives the cluster's routes
 /// after the first full sync and after every change. `write_status`: tell
 /// the cluster (status, Events) what was made of each object.
 pub(crate) async fn run(
@@ -99,6 +100,7 @@ pub(crate) async fn run(
     check: Check,
     publish: Publish,
     write_status: bool,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel::<Change>();
     let namespaces: Vec<Option<String>> = if settings.namespaces.is_empty() {
@@ -144,6 +146,14 @@ pub(crate) async fn run(
     drop(tx);
 
     let status = StatusWriter::new(client.clone(), &settings);
+    // Only the Lease holder writes status and Events; every replica serves.
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(!settings.leader_election);
+    let mut election = None;
+    if write_status && settings.leader_election {
+        let namespace = settings.namespaces.first().map_or("default", String::as_str);
+        let lease = Election::new(client.clone(), namespace, &format!("{}-leader", settings.ingress_class));
+        election = Some(tokio::spawn(lease.run(leading_tx, stop.clone())));
+    }
     let mut entries: BTreeMap<Key, Entry> = BTreeMap::new();
     let mut listed: BTreeSet<Stream_> = BTreeSet::new();
     let per_stream = namespaces.len();
@@ -151,7 +161,30 @@ pub(crate) async fn run(
     let mut synced = false;
     let mut dirty: BTreeSet<Key> = BTreeSet::new();
     let mut all_dirty = false;
-    while let Some(first) = rx.recv().await {
+    let mut stop = stop;
+    let mut election_open = true;
+    loop {
+        let first = tokio::select! {
+            change = rx.recv() => match change {
+                Some(c) => c,
+                None => break,
+            },
+            changed = leading.changed(), if election_open => {
+                if changed.is_err() {
+                    election_open = false;
+                    continue;
+                }
+                if *leading.borrow_and_update() {
+                    // A new leader says everything once more: status may
+                    // have been written by another replica, or not at all.
+                    status.forget();
+                    Change::Classes
+                } else {
+                    continue;
+                }
+            }
+            _ = stop.changed() => break,
+        };
         // Coalesce: everything already queued is part of this round.
         let mut changes = vec![first];
         while let Ok(c) = rx.try_recv() {
@@ -216,9 +249,13 @@ pub(crate) async fn run(
             synced = true;
             tracing::info!(routes = count, objects = entries.len(), "cluster synced");
         }
-        if write_status {
+        if write_status && *leading.borrow() {
             status.report(reports, conflicts, cert_problems);
         }
+    }
+    // Let the election release the Lease before the process exits.
+    if let Some(election) = election {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), election).await;
     }
 }
 

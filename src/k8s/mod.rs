@@ -11,6 +11,7 @@ mod annotations;
 mod backends;
 mod controller;
 pub mod crd;
+mod leader;
 mod object;
 mod status;
 mod translate;
@@ -68,9 +69,16 @@ pub async fn client(options: &ClientOptions) -> Result<kube::Client, Error> {
     kube::Client::try_from(config).map_err(Error::Client)
 }
 
-/// Watches the cluster and publishes its routes until the process stops.
-pub async fn run(client: kube::Client, settings: KubernetesSettings, check: Check, publish: Publish) {
-    controller::run(client, settings, check, publish, true).await
+/// Watches the cluster and publishes its routes until `stop` turns true
+/// (then releases the leader Lease, if held).
+pub async fn run(
+    client: kube::Client,
+    settings: KubernetesSettings,
+    check: Check,
+    publish: Publish,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    controller::run(client, settings, check, publish, true, stop).await
 }
 
 /// The routes the controller would build from the cluster now: one full
@@ -89,7 +97,8 @@ pub async fn snapshot(
             let _ = tx.send(routes);
         }
     });
-    let task = tokio::spawn(controller::run(client, settings, check, publish, false));
+    let (_stop, never) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(controller::run(client, settings, check, publish, false, never));
     let routes = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
     task.abort();
     routes

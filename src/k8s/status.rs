@@ -52,6 +52,11 @@ impl StatusWriter {
         }
     }
 
+    /// Forgets what was said, so everything is said again (a new leader).
+    pub(crate) fn forget(&self) {
+        self.said.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Writes what changed, in the background.
     pub(crate) fn report(&self, reports: Vec<Report>, conflicts: Vec<Conflict>, tls: Vec<(Key, Problem)>) {
         let client = self.client.clone();

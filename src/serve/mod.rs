@@ -67,6 +67,7 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
     }
     let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone(), Arc::new(auth)));
     // Ready once the cluster's first full sync is in the table.
+    let mut controller = None;
     let cluster_synced = if cluster.enable || settings.kubernetes.enabled {
         let client = crate::k8s::client(&cluster.client).await?;
         let (synced_tx, synced_rx) = tokio::sync::oneshot::channel::<()>();
@@ -81,7 +82,9 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
             }
         });
         tracing::info!(ingress_class = %settings.kubernetes.ingress_class, "watching the cluster");
-        tokio::spawn(crate::k8s::run(client, settings.kubernetes.clone(), check, publish));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(crate::k8s::run(client, settings.kubernetes.clone(), check, publish, stop_rx));
+        controller = Some((stop_tx, task));
         Some(synced_rx)
     } else {
         None
@@ -129,6 +132,11 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
     tracing::info!("shutting down");
     metrics.set_ready(false);
     reloader.abort();
+    if let Some((stop_controller, task)) = controller {
+        // It releases the leader Lease, so a successor need not wait it out.
+        let _ = stop_controller.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     Ok(())
