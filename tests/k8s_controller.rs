@@ -592,9 +592,27 @@ async fn two_replicas_one_status_writer_and_failover() {
     let version = |plane: &control_plane::ControlPlane| {
         plane.kubectl(&["get", "route", "r", "-n", &ns, "-o", "jsonpath={.metadata.resourceVersion}"], None).1
     };
-    let before = version(plane);
+    let events = |plane: &control_plane::ControlPlane| {
+        let (_, out, _) = plane.kubectl(
+            &[
+                "get",
+                "events.events.k8s.io",
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.series.count},{end}",
+            ],
+            None,
+        );
+        out
+    };
+    let before = (version(plane), events(plane));
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(version(plane), before, "status is not rewritten while nothing changes");
+    assert_eq!(
+        (version(plane), events(plane)),
+        before,
+        "neither status nor Events are rewritten while nothing changes"
+    );
 
     // The leader stops (SIGTERM releases the Lease); the other takes over and
     // writes the next change, well within the Lease duration.

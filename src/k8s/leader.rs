@@ -50,10 +50,15 @@ impl Election {
                     false
                 }
             };
-            if *leading.borrow() != held {
-                tracing::info!(lease = %self.name, identity = %self.identity, leading = held, "leadership changed");
-            }
-            leading.send_replace(held);
+            // Receivers wake only on a change: a renewal is not news.
+            leading.send_if_modified(|was| {
+                let changed = *was != held;
+                if changed {
+                    tracing::info!(lease = %self.name, identity = %self.identity, leading = held, "leadership changed");
+                }
+                *was = held;
+                changed
+            });
             tokio::select! {
                 _ = tokio::time::sleep(RENEW) => {}
                 _ = stop.changed() => break,
@@ -61,6 +66,7 @@ impl Election {
         }
         if *leading.borrow() {
             leading.send_replace(false);
+            // (The loop that reads this is stopping too.)
             if let Err(e) = self.release().await {
                 tracing::warn!(error = %e, "could not release the Lease");
             }
