@@ -10,7 +10,9 @@
 // set_response_headers carry the guide's CORS headers.
 //
 // Environment:
-//   PORT               listen port on 127.0.0.1 (default 8102; 0 = any)
+//   PORT               listen port (default 8102; 0 = any)
+//   LISTEN_HOST        listen address of the API (default 127.0.0.1; the
+//                      admin listener stays on 127.0.0.1)
 //   POSTERN_JWKS_URLS  comma-separated JWKS URLs (default
 //                      https://authenticate.cors.localhost:8443/.well-known/postern/jwks.json);
 //                      names under .localhost are loopback (RFC 6761)
@@ -19,7 +21,7 @@
 //   ADMIN_PORT         if set, GET http://127.0.0.1:ADMIN_PORT/requests lists
 //                      the requests this API answered (the browser test reads it)
 //   EXIT_ON_STDIN_EOF  1: exit when stdin closes (test harnesses)
-// Stdout gets one JSON line once listening: {"api":"http://127.0.0.1:PORT","admin":...}
+// Stdout gets one JSON line once listening: {"api":"http://LISTEN_HOST:PORT","admin":...}
 
 import * as dns from 'node:dns';
 import * as fs from 'node:fs';
@@ -31,6 +33,7 @@ import { createLocalJWKSet, jwtVerify } from 'jose';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const port = Number.parseInt(process.env.PORT ?? '8102', 10);
+const host = process.env.LISTEN_HOST || '127.0.0.1';
 const jwksUrls = (process.env.POSTERN_JWKS_URLS
   ?? 'https://authenticate.cors.localhost:8443/.well-known/postern/jwks.json')
   .split(',').map((s) => s.trim()).filter(Boolean);
@@ -170,9 +173,9 @@ const api = http.createServer(async (req, res) => {
 
 await new Promise((resolve, reject) => {
   api.once('error', reject);
-  api.listen(port, '127.0.0.1', resolve);
+  api.listen(port, host, resolve);
 });
-const out = { api: `http://127.0.0.1:${api.address().port}`, admin: null };
+const out = { api: `http://${host}:${api.address().port}`, admin: null };
 
 if (process.env.ADMIN_PORT !== undefined) {
   const admin = http.createServer((req, res) => {

@@ -2,9 +2,10 @@
 // server), in Node: serves app/index.html and app/index.mjs.
 //
 // Environment:
-//   PORT               listen port on 127.0.0.1 (default 8101; 0 = any)
+//   PORT               listen port (default 8101; 0 = any)
+//   LISTEN_HOST        listen address (default 127.0.0.1)
 //   EXIT_ON_STDIN_EOF  1: exit when stdin closes (test harnesses)
-// Stdout gets one JSON line once listening: {"app":"http://127.0.0.1:PORT"}
+// Stdout gets one JSON line once listening: {"app":"http://LISTEN_HOST:PORT"}
 
 import * as fs from 'node:fs';
 import * as http from 'node:http';
@@ -13,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 
 const dir = path.join(path.dirname(fileURLToPath(import.meta.url)), 'app');
 const port = Number.parseInt(process.env.PORT ?? '8101', 10);
+const host = process.env.LISTEN_HOST || '127.0.0.1';
 const FILES = {
   '/': ['index.html', 'text/html; charset=utf-8'],
   '/index.html': ['index.html', 'text/html; charset=utf-8'],
@@ -35,9 +37,9 @@ const server = http.createServer((req, res) => {
 
 await new Promise((resolve, reject) => {
   server.once('error', reject);
-  server.listen(port, '127.0.0.1', resolve);
+  server.listen(port, host, resolve);
 });
-process.stdout.write(`${JSON.stringify({ app: `http://127.0.0.1:${server.address().port}` })}\n`);
+process.stdout.write(`${JSON.stringify({ app: `http://${host}:${server.address().port}` })}\n`);
 
 for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => process.exit(0));
 if (process.env.EXIT_ON_STDIN_EOF === '1') {
