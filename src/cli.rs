@@ -259,7 +259,10 @@ fn cluster_table(
             .await
             .ok_or_else(|| "the cluster did not sync within 30s".to_string())
     })?;
-    let (table, compile_problems) = RouteTable::compile(&settings, routes.into_iter().chain(cluster.routes).collect());
+    let (table, compile_problems) = RouteTable::compile(
+        &settings,
+        routes.into_iter().chain(cluster.routes.iter().map(|s| (**s).clone())).collect(),
+    );
     problems.extend(compile_problems);
     Ok((table, problems))
 }

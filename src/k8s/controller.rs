@@ -281,10 +281,20 @@ fn spawn_watch<K>(
     change: fn(&K) -> Option<Change>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + ResourceExt
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
-    let events = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
+    // managedFields are most of an object's size and never read here
+    // (kube-rs's optimization guide): dropped before the cache keeps it.
+    let watch = watcher::watcher(api, config).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear());
+    let events = reflector::reflector(writer, watch);
     let tx = tx.clone();
     tokio::spawn(forward(events, tx, stream, change));
     reader
@@ -427,32 +437,31 @@ fn reconcile(
 /// The cluster's routes in match order: by host, then the rank of the
 /// path rule (exact, longest prefix, regex, catch-all), then the older
 /// object. A host and path rule two objects both claim goes to the older.
-fn assemble(entries: &BTreeMap<Key, Entry>) -> (Vec<crate::config::RouteSpec>, Vec<Conflict>) {
+fn assemble(entries: &BTreeMap<Key, Entry>) -> (Vec<Arc<crate::config::RouteSpec>>, Vec<Conflict>) {
     let mut all: Vec<(&Key, Option<&Time>, usize, &Ranked)> = Vec::new();
     for (key, entry) in entries {
         for (i, r) in entry.good.iter().flatten().enumerate() {
             all.push((key, entry.created.as_ref(), i, r));
         }
     }
-    let host = |r: &Ranked| r.spec.from.split_once("://").map_or(r.spec.from.clone(), |(_, h)| h.to_ascii_lowercase());
     all.sort_by(|a, b| {
-        host(a.3)
-            .cmp(&host(b.3))
+        a.3.host
+            .cmp(&b.3.host)
             .then(a.3.rank.cmp(&b.3.rank))
             .then(a.1.map(|t| t.0).cmp(&b.1.map(|t| t.0)))
             .then(a.0.cmp(b.0))
             .then(a.2.cmp(&b.2))
     });
-    let mut owners: HashMap<(String, String), &Key> = HashMap::new();
+    let mut owners: HashMap<(&str, String), &Key> = HashMap::new();
     let mut conflicts = Vec::new();
     let mut routes = Vec::with_capacity(all.len());
     for (key, _, _, r) in all {
         let rule = format!("{:?}|{:?}|{:?}|{:?}", r.spec.path, r.spec.prefix, r.spec.regex, r.spec.segment_prefix);
-        match owners.get(&(host(r), rule.clone())) {
+        match owners.get(&(r.host.as_str(), rule.clone())) {
             Some(holder) if *holder != key => conflicts.push(Conflict {
                 loser: key.clone(),
                 holder: (*holder).clone(),
-                host: host(r),
+                host: r.host.clone(),
                 path: [&r.spec.path, &r.spec.prefix, &r.spec.segment_prefix, &r.spec.regex]
                     .into_iter()
                     .find_map(|p| p.clone())
@@ -460,7 +469,7 @@ fn assemble(entries: &BTreeMap<Key, Entry>) -> (Vec<crate::config::RouteSpec>, V
             }),
             Some(_) => routes.push(r.spec.clone()),
             None => {
-                owners.insert((host(r), rule), key);
+                owners.insert((r.host.as_str(), rule), key);
                 routes.push(r.spec.clone());
             }
         }

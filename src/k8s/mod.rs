@@ -24,7 +24,8 @@ use crate::config::{CertifiedKey, KubernetesSettings, Problem, RouteSpec};
 /// certificates of Ingress `spec.tls` Secrets.
 #[derive(Debug, Default)]
 pub struct ClusterRoutes {
-    pub routes: Vec<RouteSpec>,
+    /// An object that did not change hands over the same `Arc`s as before.
+    pub routes: Vec<Arc<RouteSpec>>,
     pub certificates: Vec<CertifiedKey>,
 }
 

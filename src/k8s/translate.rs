@@ -3,6 +3,8 @@
 //! same checks as a file route (`config::route_from_keys`), so both
 //! sources mean the same thing by every key.
 
+use std::sync::Arc;
+
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -63,8 +65,19 @@ pub(crate) struct Translated {
 /// longer prefixes, then regexes, then the catch-all, then the older object.
 #[derive(Debug, Clone)]
 pub(crate) struct Ranked {
-    pub spec: RouteSpec,
+    /// Shared with the published list: an unchanged object hands over the
+    /// same allocation, so the publisher can reuse its compiled route.
+    pub spec: Arc<RouteSpec>,
+    /// Lowercase host of `from`, the first sort key.
+    pub host: String,
     pub rank: (u8, std::cmp::Reverse<usize>),
+}
+
+impl Ranked {
+    fn new(spec: RouteSpec) -> Self {
+        let host = spec.from.split_once("://").map_or(spec.from.as_str(), |(_, h)| h).to_ascii_lowercase();
+        Ranked { rank: rank(&spec), host, spec: Arc::new(spec) }
+    }
 }
 
 fn rank(spec: &RouteSpec) -> (u8, std::cmp::Reverse<usize>) {
@@ -218,8 +231,7 @@ pub(crate) fn ingress(ing: &Ingress, defaults: &Map<String, Value>, resolve: &dy
         let mut problems = Vec::new();
         if let Some(mut spec) = config::route_from_keys(&origin, merged, &mut problems) {
             spec.segment_prefix = segments.remove(&i);
-            let rank = rank(&spec);
-            out.routes.push(Ranked { spec, rank });
+            out.routes.push(Ranked::new(spec));
         }
         out.problems.extend(problems.into_iter().map(|p| rename_ingress_field(p, &at)));
     }
@@ -348,8 +360,7 @@ pub(crate) fn route(obj: &Route, defaults: &Map<String, Value>, resolve: &dyn Re
     let merged = with_defaults(defaults, keys);
     let mut problems = Vec::new();
     if let Some(spec) = config::route_from_keys(&origin, merged, &mut problems) {
-        let rank = rank(&spec);
-        out.routes.push(Ranked { spec, rank });
+        out.routes.push(Ranked::new(spec));
     }
     out.problems.extend(problems.into_iter().map(rename_route_field));
     out

@@ -55,6 +55,21 @@ impl RouteTable {
         (table, problems)
     }
 
+    /// One route, compiled alone (for sources that keep compiled routes of
+    /// unchanged specs; see [`RouteTable::from_routes`]).
+    pub fn compile_one(settings: &Settings, spec: RouteSpec) -> Result<Arc<Route>, Problem> {
+        compile::compile_route(settings, spec).map(Arc::new)
+    }
+
+    /// A table of routes already compiled with `settings`, in match order.
+    pub fn from_routes(settings: &Settings, routes: impl IntoIterator<Item = Arc<Route>>) -> RouteTable {
+        let mut table = RouteTable { trusted_proxies: settings.trusted_proxies.clone(), ..RouteTable::default() };
+        for route in routes {
+            table.insert(route);
+        }
+        table
+    }
+
     /// Whether `spec` compiles, with the problem if not (for sources that
     /// decide per object whether a new version replaces the last good one).
     pub fn check(settings: &Settings, spec: &RouteSpec) -> Result<(), Problem> {

@@ -3,12 +3,13 @@
 //! (file routes first, in file order, then the cluster's in match order)
 //! and swaps it in atomically, with the certificates of both.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use crate::config::{Problem, RouteSpec, Settings};
 use crate::k8s::ClusterRoutes;
 use crate::proxy::tls::CertResolver;
-use crate::routes::{RouteTable, Routes};
+use crate::routes::{Route, RouteTable, Routes};
 use crate::telemetry::Metrics;
 
 /// Why a set of routes was not published.
@@ -23,6 +24,10 @@ struct Parts {
     settings: Settings,
     file_routes: Vec<RouteSpec>,
     cluster: ClusterRoutes,
+    /// Compiled cluster routes by the address of their spec: the controller
+    /// hands over the same `Arc` for an unchanged object, so a change to
+    /// one object compiles only its routes. Emptied when settings change.
+    compiled: HashMap<usize, (Arc<RouteSpec>, Arc<Route>)>,
 }
 
 /// The live table's sources.
@@ -36,7 +41,12 @@ pub struct RouteSources {
 impl RouteSources {
     pub fn new(settings: Settings, metrics: Arc<Metrics>) -> Self {
         RouteSources {
-            parts: Mutex::new(Parts { settings, file_routes: Vec::new(), cluster: ClusterRoutes::default() }),
+            parts: Mutex::new(Parts {
+                settings,
+                file_routes: Vec::new(),
+                cluster: ClusterRoutes::default(),
+                compiled: HashMap::new(),
+            }),
             routes: Arc::new(Routes::default()),
             certs: Arc::new(CertResolver::default()),
             metrics,
@@ -52,10 +62,11 @@ impl RouteSources {
         routes: Vec<RouteSpec>,
     ) -> Result<(Vec<Problem>, bool), PublishError> {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
-        let previous =
-            std::mem::replace(&mut *parts, Parts { settings, file_routes: routes, cluster: ClusterRoutes::default() });
+        // New settings: every compiled route is compiled afresh.
+        let next = Parts { settings, file_routes: routes, cluster: ClusterRoutes::default(), compiled: HashMap::new() };
+        let previous = std::mem::replace(&mut *parts, next);
         parts.cluster = previous.cluster;
-        match self.rebuild(&parts) {
+        match self.rebuild(&mut parts) {
             Ok(done) => Ok(done),
             Err(e) => {
                 let cluster = std::mem::take(&mut parts.cluster);
@@ -69,7 +80,7 @@ impl RouteSources {
     pub fn publish_cluster(&self, cluster: ClusterRoutes) {
         let mut parts = self.parts.lock().unwrap_or_else(|p| p.into_inner());
         parts.cluster = cluster;
-        match self.rebuild(&parts) {
+        match self.rebuild(&mut parts) {
             Ok((problems, _)) => {
                 // Objects were checked one by one before they got here;
                 // what is left is a clash with a file route.
@@ -81,9 +92,33 @@ impl RouteSources {
         }
     }
 
-    fn rebuild(&self, parts: &Parts) -> Result<(Vec<Problem>, bool), PublishError> {
-        let specs: Vec<RouteSpec> = parts.file_routes.iter().chain(&parts.cluster.routes).cloned().collect();
-        let (table, problems) = RouteTable::compile(&parts.settings, specs);
+    fn rebuild(&self, parts: &mut Parts) -> Result<(Vec<Problem>, bool), PublishError> {
+        let mut problems = Vec::new();
+        let mut routes = Vec::with_capacity(parts.file_routes.len() + parts.cluster.routes.len());
+        for spec in &parts.file_routes {
+            match RouteTable::compile_one(&parts.settings, spec.clone()) {
+                Ok(route) => routes.push(route),
+                Err(p) => problems.push(p),
+            }
+        }
+        let mut compiled = HashMap::with_capacity(parts.cluster.routes.len());
+        for spec in &parts.cluster.routes {
+            let key = Arc::as_ptr(spec) as usize;
+            let route = match parts.compiled.remove(&key) {
+                Some((same, route)) if Arc::ptr_eq(&same, spec) => route,
+                _ => match RouteTable::compile_one(&parts.settings, (**spec).clone()) {
+                    Ok(route) => route,
+                    Err(p) => {
+                        problems.push(p);
+                        continue;
+                    }
+                },
+            };
+            compiled.insert(key, (spec.clone(), route.clone()));
+            routes.push(route);
+        }
+        parts.compiled = compiled;
+        let table = RouteTable::from_routes(&parts.settings, routes);
         let mut generated = false;
         if !parts.settings.insecure_server {
             let hosts: Vec<String> = table.routes().iter().map(|r| r.from.host.clone()).filter(|h| h != "*").collect();

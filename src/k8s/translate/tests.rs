@@ -62,7 +62,7 @@ fn every_path_type_and_the_default_backend() {
     );
     let t = ingress_translate(&ing);
     assert!(t.problems.is_empty(), "{:?}", t.problems);
-    let specs: Vec<&RouteSpec> = t.routes.iter().map(|r| &r.spec).collect();
+    let specs: Vec<&RouteSpec> = t.routes.iter().map(|r| &*r.spec).collect();
     assert_eq!(specs.len(), 5);
     assert_eq!(specs[0].from, "https://secure.example.com");
     assert_eq!(specs[0].path.as_deref(), Some("/exact"));

@@ -1,0 +1,267 @@
+//! The controller at scale, on the real control plane of tests/support:
+//! N Ingresses and N Routes present (N = `POSTERN_SCALE_OBJECTS`, default
+//! 10,000), then
+//!
+//! * cold start: process start → `/readyz` with everything loaded;
+//! * resident memory of the controller process after the sync;
+//! * apply → live: from the API server accepting a new Route (its create
+//!   call returning) to that Route answering through Postern, over
+//!   `POSTERN_SCALE_CHANGES` (default 200) changes while other Routes are
+//!   patched at a steady rate in the background;
+//! * a burst of 1,000 updates: time until the table serves all of them, and
+//!   requests to unchanged routes meanwhile (failures, p99 before vs during).
+//!
+//! Run with `cargo bench --bench k8s_scale` (builds the control plane on
+//! first use). Prints numbers; asserts nothing about speed.
+
+#[allow(clippy::duplicate_mod)]
+#[path = "../tests/support/control_plane.rs"]
+mod control_plane;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use postern::k8s::crd::Route;
+use serde_json::json;
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn route(name: &str, host: &str, body: &str) -> Route {
+    serde_json::from_value(json!({
+        "apiVersion": "postern.dev/v1alpha1", "kind": "Route",
+        "metadata": { "name": name },
+        "spec": { "from": format!("https://{host}"), "response": { "status": 200, "body": body },
+                  "allowPublicUnauthenticatedAccess": true }
+    }))
+    .expect("route")
+}
+
+fn ingress(name: &str, host: &str) -> k8s_openapi::api::networking::v1::Ingress {
+    serde_json::from_value(json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": { "name": name, "annotations": { "postern.dev/allow_public_unauthenticated_access": "true" } },
+        "spec": { "ingressClassName": "postern", "rules": [{ "host": host, "http": { "paths": [{
+            "path": "/", "pathType": "Prefix", "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } }] }
+    }))
+    .expect("ingress")
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// GETs until the body is `want` (bounded): when it first was.
+async fn until_body(client: &reqwest::Client, url: &str, want: &str, timeout: Duration) -> Option<Instant> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(r) = client.get(url).send().await
+            && r.status() == 200
+            && r.text().await.is_ok_and(|b| b == want)
+        {
+            return Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    None
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n = env_usize("POSTERN_SCALE_OBJECTS", 10_000);
+    let changes = env_usize("POSTERN_SCALE_CHANGES", 200);
+    let burst = env_usize("POSTERN_SCALE_BURST", 1_000).min(n);
+    let plane = control_plane::shared();
+    let crd =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml")).expect("crd");
+    let (ok, _, err) = plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd));
+    assert!(ok, "{err}");
+    plane.kubectl(&["wait", "--for=condition=Established", "crd/routes.postern.dev", "--timeout=30s"], None);
+    let ns = plane.namespace("scale").await;
+    let client = plane.client().await;
+    let routes: Api<Route> = Api::namespaced(client.clone(), &ns);
+    let ingresses: Api<k8s_openapi::api::networking::v1::Ingress> = Api::namespaced(client.clone(), &ns);
+    let svc: k8s_openapi::api::core::v1::Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": { "name": "web" }, "spec": { "ports": [{ "port": 80 }] } }))
+    .expect("svc");
+    Api::namespaced(client.clone(), &ns).create(&PostParams::default(), &svc).await.expect("service");
+
+    let t = Instant::now();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (routes, ingresses) = (routes.clone(), ingresses.clone());
+            async move {
+                let pp = PostParams::default();
+                routes.create(&pp, &route(&format!("r{i}"), &format!("r{i}.scale.test"), "v1")).await.expect("route");
+                ingresses.create(&pp, &ingress(&format!("i{i}"), &format!("i{i}.scale.test"))).await.expect("ingress");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    println!("created {n} Routes and {n} Ingresses in {:.1} s", t.elapsed().as_secs_f64());
+
+    // Cold start.
+    let started = Instant::now();
+    let p = support::Postern::start_with(
+        &format!("metrics_address: 127.0.0.1:0\nkubernetes:\n  enabled: true\n  namespaces: [{ns}]\n"),
+        support::Options {
+            extra_args: vec!["--kubeconfig".into(), plane.kubeconfig.display().to_string()],
+            ..Default::default()
+        },
+    );
+    let metrics = p.metrics.expect("metrics");
+    let ready_client = reqwest::Client::new();
+    loop {
+        if let Ok(r) = ready_client.get(format!("http://{metrics}/readyz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(300), "never ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cold = started.elapsed();
+    let proxy = p.client();
+    assert!(
+        until_body(&proxy, &p.url(&format!("r{}.scale.test", n - 1), "/"), "v1", Duration::from_secs(10))
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_kib(p.pid());
+    println!("cold start to /readyz with {} objects: {}", 2 * n, ms(cold));
+    println!("resident memory after sync: {:.1} MiB", rss as f64 / 1024.0);
+
+    // Steady churn of other objects in the background.
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (routes, stop) = (routes.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0usize;
+            let deadline = Instant::now() + Duration::from_secs(600);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let patch = json!({ "metadata": { "labels": { "churn": i.to_string() } } });
+                let _ = routes.patch(&format!("r{}", i % n), &PatchParams::default(), &Patch::Merge(&patch)).await;
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            i
+        })
+    };
+    let mut latencies = Vec::with_capacity(changes);
+    for c in 0..changes {
+        let host = format!("live{c}.scale.test");
+        let created = routes.create(&PostParams::default(), &route(&format!("live{c}"), &host, "live")).await;
+        let accepted = Instant::now();
+        created.expect("create");
+        match until_body(&proxy, &p.url(&host, "/"), "live", Duration::from_secs(30)).await {
+            Some(live) => latencies.push(live - accepted),
+            None => panic!("live{c} never answered"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let churned = churn.await.unwrap_or(0);
+    latencies.sort();
+    println!(
+        "apply -> live over {changes} new Routes ({churned} churn patches meanwhile): p50 {}  p99 {}  max {}",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(*latencies.last().expect("some"))
+    );
+
+    // Unchanged routes: latency before and during a burst.
+    let probe = |proxy: reqwest::Client, url: String, stop: Arc<AtomicBool>| {
+        tokio::spawn(async move {
+            let (mut lat, mut failed) = (Vec::new(), 0usize);
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline && lat.len() < 1_000_000 {
+                let t = Instant::now();
+                match proxy.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => lat.push(t.elapsed()),
+                    _ => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            lat.sort();
+            (lat, failed)
+        })
+    };
+    let unchanged = p.url(&format!("i{}.scale.test", n - 1), "/");
+    let unchanged = unchanged.replace(&format!("i{}.", n - 1), &format!("r{}.", n - 1));
+    let quiet_stop = Arc::new(AtomicBool::new(false));
+    let quiet = probe(proxy.clone(), unchanged.clone(), quiet_stop.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    quiet_stop.store(true, Ordering::Relaxed);
+    let (quiet_lat, quiet_failed) = quiet.await.expect("probe");
+
+    let burst_stop = Arc::new(AtomicBool::new(false));
+    let during = probe(proxy.clone(), unchanged, burst_stop.clone());
+    let t = Instant::now();
+    futures_util::stream::iter(0..burst)
+        .map(|i| {
+            let routes = routes.clone();
+            async move {
+                let patch = json!({ "spec": { "response": { "status": 200, "body": "v2" } } });
+                routes.patch(&format!("r{i}"), &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let applied = t.elapsed();
+    let mut pending: Vec<usize> = (0..burst).collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pending.is_empty() && Instant::now() < deadline {
+        let mut still = Vec::new();
+        for i in pending {
+            let ok = match proxy.get(p.url(&format!("r{i}.scale.test"), "/")).send().await {
+                Ok(r) => r.text().await.is_ok_and(|b| b == "v2"),
+                Err(_) => false,
+            };
+            if !ok {
+                still.push(i);
+            }
+        }
+        pending = still;
+    }
+    let reflected = t.elapsed();
+    burst_stop.store(true, Ordering::Relaxed);
+    let (burst_lat, burst_failed) = during.await.expect("probe");
+    println!(
+        "burst of {burst} updates: API calls took {}, all {} served after {} ({} not reflected)",
+        ms(applied),
+        burst - pending.len(),
+        ms(reflected),
+        pending.len()
+    );
+    println!(
+        "unchanged route during the burst: {} requests, {burst_failed} failed, p99 {} (before: {} requests, {quiet_failed} failed, p99 {})",
+        burst_lat.len(),
+        ms(percentile(&burst_lat, 0.99)),
+        quiet_lat.len(),
+        ms(percentile(&quiet_lat, 0.99)),
+    );
+    println!("resident memory at the end: {:.1} MiB", rss_kib(p.pid()) as f64 / 1024.0);
+}
