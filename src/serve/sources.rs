@@ -134,3 +134,46 @@ impl RouteSources {
         Ok((problems, generated))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(host: &str) -> Arc<RouteSpec> {
+        Arc::new(RouteSpec {
+            from: format!("https://{host}"),
+            response: Some(crate::config::DirectResponse {
+                status: 200,
+                body: host.into(),
+                content_type: "text/plain".into(),
+            }),
+            ..RouteSpec::default()
+        })
+    }
+
+    fn insecure() -> Settings {
+        Settings { insecure_server: true, ..Settings::default() }
+    }
+
+    #[test]
+    fn unchanged_cluster_specs_keep_their_compiled_routes() {
+        let sources = RouteSources::new(insecure(), Arc::new(Metrics::new()));
+        let (a, b) = (spec("a.example.com"), spec("b.example.com"));
+        sources.publish_cluster(ClusterRoutes { routes: vec![a.clone(), b.clone()], certificates: vec![] });
+        let first = sources.routes.snapshot();
+        let route_a = first.lookup("a.example.com", None, "/").expect("a").clone();
+        // `b` changes (a new allocation); `a` is handed over as it was.
+        sources.publish_cluster(ClusterRoutes { routes: vec![a, spec("b.example.com")], certificates: vec![] });
+        let second = sources.routes.snapshot();
+        assert!(Arc::ptr_eq(&route_a, second.lookup("a.example.com", None, "/").expect("a")), "not recompiled");
+        assert!(!Arc::ptr_eq(
+            first.lookup("b.example.com", None, "/").expect("b"),
+            second.lookup("b.example.com", None, "/").expect("b")
+        ));
+        // New settings compile everything afresh.
+        sources.publish_file(insecure(), vec![]).expect("publish");
+        let third = sources.routes.snapshot();
+        assert!(!Arc::ptr_eq(&route_a, third.lookup("a.example.com", None, "/").expect("a")));
+        assert_eq!(third.len(), 2, "the cluster's routes stay when the file is published");
+    }
+}
