@@ -171,6 +171,7 @@ async fn main() {
         })
     };
     let mut latencies = Vec::with_capacity(changes);
+    let mut never = 0usize;
     for c in 0..changes {
         let host = format!("live{c}.scale.test");
         let created = routes.create(&PostParams::default(), &route(&format!("live{c}"), &host, "live")).await;
@@ -178,18 +179,32 @@ async fn main() {
         created.expect("create");
         match until_body(&proxy, &p.url(&host, "/"), "live", Duration::from_secs(30)).await {
             Some(live) => latencies.push(live - accepted),
-            None => panic!("live{c} never answered"),
+            None => {
+                // Counted and shown, not fatal: the numbers are the point.
+                never += 1;
+                let logs = p.logs();
+                let tail = logs.len().saturating_sub(5);
+                eprintln!("live{c} did not answer within 30 s; last log lines:\n{}", logs[tail..].join("\n"));
+                if never >= 3 {
+                    break;
+                }
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
     let churned = churn.await.unwrap_or(0);
     latencies.sort();
-    println!(
-        "apply -> live over {changes} new Routes ({churned} churn patches meanwhile): p50 {}  p99 {}  max {}",
-        ms(percentile(&latencies, 0.5)),
-        ms(percentile(&latencies, 0.99)),
-        ms(*latencies.last().expect("some"))
-    );
+    if latencies.is_empty() {
+        println!("apply -> live: no change answered ({never} timed out)");
+    } else {
+        println!(
+            "apply -> live over {} new Routes ({never} never answered; {churned} churn patches meanwhile): p50 {}  p99 {}  max {}",
+            latencies.len(),
+            ms(percentile(&latencies, 0.5)),
+            ms(percentile(&latencies, 0.99)),
+            ms(*latencies.last().expect("some"))
+        );
+    }
 
     // Unchanged routes: latency before and during a burst.
     let probe = |proxy: reqwest::Client, url: String, stop: Arc<AtomicBool>| {
@@ -264,4 +279,16 @@ async fn main() {
         ms(percentile(&quiet_lat, 0.99)),
     );
     println!("resident memory at the end: {:.1} MiB", rss_kib(p.pid()) as f64 / 1024.0);
+    // Where a rebuild's time goes (the controller's own accounting).
+    let rounds: Vec<serde_json::Value> =
+        support::log_events(&p).into_iter().filter(|e| e["message"] == "cluster routes rebuilt").collect();
+    let mean = |field: &str| rounds.iter().filter_map(|e| e[field].as_f64()).sum::<f64>() / rounds.len().max(1) as f64;
+    println!(
+        "rebuild rounds: {} (mean objects {:.1}); mean translate {:.2} ms, assemble {:.2} ms, publish (compile + swap + certificates) {:.2} ms",
+        rounds.len(),
+        mean("k8s.objects"),
+        mean("translate_ms"),
+        mean("assemble_ms"),
+        mean("publish_ms")
+    );
 }

@@ -12,6 +12,9 @@ use crate::proxy::tls::CertResolver;
 use crate::routes::{Route, RouteTable, Routes};
 use crate::telemetry::Metrics;
 
+/// Most names the generated self-signed certificate lists.
+const MAX_GENERATED_NAMES: usize = 100;
+
 /// Why a set of routes was not published.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -121,7 +124,13 @@ impl RouteSources {
         let table = RouteTable::from_routes(&parts.settings, routes);
         let mut generated = false;
         if !parts.settings.insecure_server {
-            let hosts: Vec<String> = table.routes().iter().map(|r| r.from.host.clone()).filter(|h| h != "*").collect();
+            // The generated certificate names the first hosts only: it is a
+            // stand-in no browser trusts, and one naming 20,000 cluster hosts
+            // is a 400 KB certificate that every handshake would carry.
+            let mut hosts: Vec<String> =
+                table.routes().iter().map(|r| r.from.host.clone()).filter(|h| h != "*").collect();
+            hosts.dedup();
+            hosts.truncate(MAX_GENERATED_NAMES);
             let (g, skipped) =
                 self.certs.replace_with(&parts.settings.certificates, &parts.cluster.certificates, &hosts)?;
             generated = g;
