@@ -185,10 +185,21 @@ pub(crate) async fn run(
             }
             _ = stop.changed() => break,
         };
-        // Coalesce: everything already queued is part of this round.
+        // Coalesce: everything already queued is part of this round, and
+        // so is what the watch tasks still hold: a round at 20,000 objects
+        // takes tens of milliseconds without yielding, and events that
+        // piled up in the streams meanwhile must join the next round whole
+        // rather than one per round (a backlog that would only grow).
         let mut changes = vec![first];
-        while let Ok(c) = rx.try_recv() {
-            changes.push(c);
+        for _ in 0..16 {
+            tokio::task::yield_now().await;
+            let before = changes.len();
+            while let Ok(c) = rx.try_recv() {
+                changes.push(c);
+            }
+            if changes.len() == before {
+                break;
+            }
         }
         let mut touched_services: BTreeSet<(String, String)> = BTreeSet::new();
         let mut touched_secrets = false;
