@@ -61,17 +61,6 @@ fn ingress(name: &str, host: &str) -> k8s_openapi::api::networking::v1::Ingress 
     .expect("ingress")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// GETs until the body is `want` (bounded): when it first was.
 async fn until_body(client: &reqwest::Client, url: &str, want: &str, timeout: Duration) -> Option<Instant> {
     let deadline = Instant::now() + timeout;
@@ -97,11 +86,7 @@ async fn main() {
     let changes = env_usize("POSTERN_SCALE_CHANGES", default_changes);
     let burst = env_usize("POSTERN_SCALE_BURST", default_burst).min(n);
     let plane = control_plane::shared();
-    let crd =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml")).expect("crd");
-    let (ok, _, err) = plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd));
-    assert!(ok, "{err}");
-    plane.kubectl(&["wait", "--for=condition=Established", "crd/routes.postern.dev", "--timeout=30s"], None);
+    plane.install_route_crd();
     let ns = plane.namespace("scale").await;
     let client = plane.client().await;
     let routes: Api<Route> = Api::namespaced(client.clone(), &ns);
@@ -154,7 +139,7 @@ async fn main() {
             .is_some()
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_kib(p.pid());
+    let rss = p.rss_kib();
     println!("cold start to /readyz with {} objects: {}", 2 * n, ms(cold));
     println!("resident memory after sync: {:.1} MiB", rss as f64 / 1024.0);
 
@@ -282,7 +267,7 @@ async fn main() {
         quiet_lat.len(),
         ms(percentile(&quiet_lat, 0.99)),
     );
-    println!("resident memory at the end: {:.1} MiB", rss_kib(p.pid()) as f64 / 1024.0);
+    println!("resident memory at the end: {:.1} MiB", p.rss_kib() as f64 / 1024.0);
     // Where a rebuild's time goes (the controller's own accounting).
     let rounds: Vec<serde_json::Value> =
         support::log_events(&p).into_iter().filter(|e| e["message"] == "cluster routes rebuilt").collect();

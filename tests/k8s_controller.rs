@@ -21,16 +21,6 @@ use serde_json::json;
 
 use support::{Options, Postern};
 
-fn apply_crd(plane: &control_plane::ControlPlane) {
-    let crd =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml")).expect("crd");
-    let (ok, out, err) = plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd));
-    assert!(ok, "kubectl apply crd: {out}{err}");
-    let (ok, out, err) =
-        plane.kubectl(&["wait", "--for=condition=Established", "crd/routes.postern.dev", "--timeout=30s"], None);
-    assert!(ok, "crd established: {out}{err}");
-}
-
 async fn create_service(client: &kube::Client, ns: &str, name: &str, port: i32) {
     let svc: Service = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Service",
@@ -170,7 +160,7 @@ fn crds_match_the_rust_types() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_serves_follows_endpoints_keeps_last_good_and_reports() {
     let plane = control_plane::shared();
-    apply_crd(plane);
+    plane.install_route_crd();
     let ns = plane.namespace("ing").await;
     let client = plane.client().await;
     let net = netns::Netns::create("ing");
@@ -253,6 +243,11 @@ async fn ingress_serves_follows_endpoints_keeps_last_good_and_reports() {
     let note = wait_for_event(plane, &ns, "Ingress", "web", "Invalid").await;
     assert!(note.contains("metadata.annotations[postern.dev/cors_allow_prefligth]"), "{note}");
     assert!(note.contains("did you mean `postern.dev/cors_allow_preflight`"), "{note}");
+    // Postern's Events are found by its reporting component (the
+    // cross-origin test filters on it).
+    let selector = "type=Warning,reportingComponent=postern.dev/ingress-controller";
+    let (_, ours, _) = plane.kubectl(&["get", "events", "-n", &ns, "--field-selector", selector], None);
+    assert!(ours.contains("Invalid"), "{ours}");
     let (ok, described, err) = plane.kubectl(&["describe", "ingress", "web", "-n", &ns], None);
     assert!(ok, "{err}");
     assert!(
@@ -280,7 +275,7 @@ async fn ingress_serves_follows_endpoints_keeps_last_good_and_reports() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_resources_serve_and_show_their_status() {
     let plane = control_plane::shared();
-    apply_crd(plane);
+    plane.install_route_crd();
     let ns = plane.namespace("route").await;
     let client = plane.client().await;
     let net = netns::Netns::create("route");
@@ -557,7 +552,7 @@ fn accepted_message(plane: &control_plane::ControlPlane, ns: &str, name: &str) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_one_status_writer_and_failover() {
     let plane = control_plane::shared();
-    apply_crd(plane);
+    plane.install_route_crd();
     let ns = plane.namespace("lease").await;
     let a = start_controller(plane, &ns);
     let b = start_controller(plane, &ns);

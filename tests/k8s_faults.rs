@@ -28,13 +28,7 @@ fn route(ns: &str, name: &str, host: &str) -> String {
 }
 
 fn setup(plane: &control_plane::ControlPlane, ns: &str) -> Postern {
-    let crd =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml")).expect("crd");
-    let (ok, _, err) = plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd));
-    assert!(ok, "{err}");
-    let (ok, _, err) =
-        plane.kubectl(&["wait", "--for=condition=Established", "crd/routes.postern.dev", "--timeout=30s"], None);
-    assert!(ok, "{err}");
+    plane.install_route_crd();
     let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route(ns, "steady", "steady.k8s.test")));
     assert!(ok, "{err}");
     Postern::start_with(

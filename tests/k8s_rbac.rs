@@ -113,11 +113,7 @@ fn all_features_work(plane: &control_plane::ControlPlane, ns: &str, p: &Postern)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_the_manifest_rules_each_one_needed() {
     let plane = control_plane::shared();
-    let crd =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml")).expect("crd");
-    let (ok, _, err) = plane.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd));
-    assert!(ok, "{err}");
-    plane.kubectl(&["wait", "--for=condition=Established", "crd/routes.postern.dev", "--timeout=30s"], None);
+    plane.install_route_crd();
     let ns = plane.namespace("rbac").await;
     let token = plane.service_account(&ns, "postern", None).await;
     let dir = tempfile::tempdir().expect("dir");

@@ -364,6 +364,17 @@ impl ControlPlane {
             .expect("create role binding");
     }
 
+    /// Applies Postern's Route CRD (`crds/`) and waits until it is served.
+    pub fn install_route_crd(&self) {
+        let crd = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/routes.postern.dev.yaml"))
+            .expect("read crds/routes.postern.dev.yaml");
+        let (ok, out, err) = self.kubectl(&["apply", "--server-side", "-f", "-"], Some(&crd));
+        assert!(ok, "kubectl apply crd: {out}{err}");
+        let (ok, out, err) =
+            self.kubectl(&["wait", "--for=condition=Established", "crd/routes.postern.dev", "--timeout=30s"], None);
+        assert!(ok, "crd established: {out}{err}");
+    }
+
     /// Compacts etcd up to its current revision (physically), so any watch
     /// from an older resourceVersion gets `410 Gone`. Returns that revision.
     pub async fn compact_etcd(&self) -> i64 {
