@@ -10,16 +10,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::Postern;
 use support::idp::{Idp, IdpClient};
+use support::node::{NodeServer, example_dir, make_certs, npm_ci_if_missing, repo, run_bounded, tail};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Phase of the browser test → example config it runs against.
@@ -34,31 +32,6 @@ const CLIENT_ID: &str = "cross-origin-demo";
 const CLIENT_SECRET: &str = "cross-origin-demo-secret";
 const PARENT: &str = "cors.localhost";
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
-const START_TIMEOUT: Duration = Duration::from_secs(20);
-const NPM_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn example_dir() -> PathBuf {
-    repo().join("examples/cross-origin")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// `make-certs.sh`: a throwaway CA and a certificate for `*.cors.localhost`.
-fn make_certs(out: &Path) {
-    let status = Command::new("bash")
-        .arg(example_dir().join("make-certs.sh"))
-        .arg(out)
-        .arg(PARENT)
-        .status()
-        .expect("run make-certs.sh (needs bash and openssl)");
-    assert!(status.success(), "make-certs.sh failed ({status}); is openssl installed?");
-}
 
 /// An example config for this run: the listen port, the IdP, the upstream
 /// addresses and the certificate directory replaced. Every placeholder must
@@ -80,145 +53,10 @@ fn template(name: &str, port: u16, idp: &str, app: &str, api: &str, certs: &Path
     out
 }
 
-/// A Node server of the example, killed on drop. It prints one JSON line
-/// when listening, and exits by itself if this process goes away (its
-/// stdin closes).
-struct NodeServer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    ready: serde_json::Value,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl NodeServer {
-    fn start(script: &str, envs: &[(&str, String)]) -> NodeServer {
-        let mut command = Command::new("node");
-        command
-            .arg(example_dir().join(script))
-            .current_dir(example_dir())
-            .env("EXIT_ON_STDIN_EOF", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn node {script}: {e} (is Node.js installed?)"));
-        let stdin = child.stdin.take();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        spawn_reader(child.stderr.take().expect("stderr"), logs.clone(), None);
-        let (tx, rx) = mpsc::channel();
-        spawn_reader(child.stdout.take().expect("stdout"), logs.clone(), Some(tx));
-        let ready = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}")),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "{script} did not start within {START_TIMEOUT:?}; log:\n{}",
-                    logs.lock().expect("logs").join("\n")
-                );
-            }
-        };
-        NodeServer { child, stdin, ready, logs }
-    }
-
-    fn url(&self, key: &str) -> String {
-        self.ready[key].as_str().unwrap_or_else(|| panic!("no {key:?} in {}", self.ready)).to_string()
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().expect("logs").join("\n")
-    }
-}
-
-impl Drop for NodeServer {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Copies `from` line by line into `logs` (and the lines to `tx`).
-fn spawn_reader(
-    from: impl std::io::Read + Send + 'static,
-    logs: Arc<Mutex<Vec<String>>>,
-    tx: Option<mpsc::Sender<String>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if let Some(tx) = &tx {
-                let _ = tx.send(line.clone());
-            }
-            logs.lock().expect("logs").push(line);
-        }
-    })
-}
-
-/// `npm ci` in `dir` unless `marker` (a package of it) is installed.
-fn npm_ci_if_missing(dir: &Path, marker: &str) {
-    if dir.join("node_modules").join(marker).join("package.json").exists() {
-        return;
-    }
-    eprintln!("npm ci in {} (or run scripts/install-test-deps.sh)", dir.display());
-    let mut child = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("run npm ci in {}: {e}; run scripts/install-test-deps.sh", dir.display()));
-    let deadline = Instant::now() + NPM_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait npm") {
-            assert!(status.success(), "npm ci in {} failed; run scripts/install-test-deps.sh", dir.display());
-            return;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("npm ci in {} took over {NPM_TIMEOUT:?}", dir.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Runs `command` to completion within `timeout`: (exit code, output).
-fn run_bounded(mut command: Command, timeout: Duration) -> (Option<i32>, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn node");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let out = spawn_reader(child.stdout.take().expect("stdout"), logs.clone(), None);
-    let err = spawn_reader(child.stderr.take().expect("stderr"), logs.clone(), None);
-    let deadline = Instant::now() + timeout;
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            // SIGTERM first: playwright then closes the browser it started.
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            std::thread::sleep(Duration::from_secs(3));
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = out.join();
-    let _ = err.join();
-    let text = logs.lock().expect("logs").join("\n");
-    (code, text)
-}
-
-fn tail(lines: &[String], n: usize) -> String {
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 #[test]
 fn example_configs_pass_postern_check_and_keep_the_guide() {
     let dir = tempfile::tempdir().expect("temp dir");
-    make_certs(&dir.path().join(".demo"));
+    make_certs(&dir.path().join(".demo"), PARENT);
     for (_, name) in PHASES {
         std::fs::copy(example_dir().join(name), dir.path().join(name)).expect("copy config");
         let path = dir.path().join(name);
@@ -256,8 +94,8 @@ fn cross_origin_guide_in_chromium() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = dir.path().join(".demo");
-    make_certs(&certs);
-    let ports: Vec<u16> = PHASES.iter().map(|_| free_port()).collect();
+    make_certs(&certs, PARENT);
+    let ports: Vec<u16> = PHASES.iter().map(|_| support::free_port()).collect();
     let auth = |port: u16| format!("https://authenticate.{PARENT}:{port}");
 
     let mut client = IdpClient::new(

@@ -1,10 +1,12 @@
 //! The cross-origin guide's browser test (`tests/browser/cross_origin.mjs`,
 //! as `tests/cross_origin.rs` runs it) once more, with the routes coming
-//! from Kubernetes Ingress objects on the real API server of
-//! `tests/support/control_plane.rs` instead of from the config file.
+//! from Kubernetes objects on the real API server of
+//! `tests/support/control_plane.rs` instead of from the config file: once
+//! from annotated Ingresses, once from Route resources.
 //!
 //! The objects are `manifests/cross-origin/ingresses.yaml` (Pomerium
-//! annotation names), applied with kubectl into one namespace per phase,
+//! annotation names) or `manifests/cross-origin/routes.yaml` (the same
+//! routes as `Route`s), applied with kubectl into one namespace per phase,
 //! the subset of that phase's example config chosen by label, the listen
 //! port put into the CORS origins. Each phase gets its own Postern whose
 //! config file is the example's without `routes:`, plus
@@ -12,7 +14,8 @@
 //! example's app and API servers listen on the root-namespace side of a
 //! veth pair (`tests/support/netns.rs`; EndpointSlices refuse loopback
 //! addresses), and the test writes the EndpointSlices of Services `app`
-//! and `api` with that address. Needs root, `/usr/bin/chromium` and the npm
+//! and `api` with that address. The two runs take turns (one Chromium at a
+//! time on a small machine). Needs root, `/usr/bin/chromium` and the npm
 //! packages: run `scripts/install-test-deps.sh`.
 
 // `control_plane.rs` loads `supervised.rs` itself, as `support` does.
@@ -23,19 +26,44 @@ mod control_plane;
 mod netns;
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::idp::{Idp, IdpClient};
+use support::node::{NodeServer, example_dir, make_certs, repo, require_installed, run_bounded, tail};
 use support::{Options, Postern};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
-const MANIFEST: &str = "manifests/cross-origin/ingresses.yaml";
+/// One of the guide's manifests and how kubectl names what it applies.
+struct Manifest {
+    path: &'static str,
+    /// The prefix of `kubectl apply`'s line for each route object.
+    applied: &'static str,
+    /// Namespace prefix and artifacts directory of its run.
+    tag: &'static str,
+    artifacts: &'static str,
+    /// Its objects report `Ready` in their status (`kubectl get <this>`).
+    ready_status: Option<&'static str>,
+}
+
+const INGRESSES: Manifest = Manifest {
+    path: "manifests/cross-origin/ingresses.yaml",
+    applied: "ingress.networking.k8s.io/",
+    tag: "xo",
+    artifacts: "tests/artifacts/k8s",
+    ready_status: None,
+};
+const ROUTES: Manifest = Manifest {
+    path: "manifests/cross-origin/routes.yaml",
+    applied: "route.postern.dev/",
+    tag: "xr",
+    artifacts: "tests/artifacts/k8s-routes",
+    ready_status: Some("routes"),
+};
 const GUIDE: &str = "cross-origin.postern.dev/guide=true";
 const SINGLE_DOMAIN: &str = "cross-origin.postern.dev/single-domain=true";
 
@@ -76,28 +104,8 @@ const CLIENT_ID: &str = "cross-origin-demo";
 const CLIENT_SECRET: &str = "cross-origin-demo-secret";
 const PARENT: &str = "cors.localhost";
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(300);
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn example_dir() -> PathBuf {
-    repo().join("examples/cross-origin")
-}
-
-/// `make-certs.sh`: a throwaway CA and a certificate for `*.cors.localhost`.
-fn make_certs(out: &Path) {
-    let status = Command::new("bash")
-        .arg(example_dir().join("make-certs.sh"))
-        .arg(out)
-        .arg(PARENT)
-        .status()
-        .expect("run make-certs.sh (needs bash and openssl)");
-    assert!(status.success(), "make-certs.sh failed ({status}); is openssl installed?");
-}
 
 /// The settings of example config `name` for this run: its text up to
 /// `routes:` (the routes come from the cluster), the listen port, the IdP
@@ -125,12 +133,12 @@ fn settings(name: &str, port: u16, idp: &str, certs: &Path, ns: &str) -> String 
     out
 }
 
-/// The manifest for a Postern on `port`: the origins in the CORS headers
+/// `manifest` for a Postern on `port`: the origins in the CORS headers
 /// and policy carry the port.
-fn manifest(port: u16) -> String {
-    let text = std::fs::read_to_string(repo().join(MANIFEST)).expect("read the manifest");
+fn manifest_text(manifest: &Manifest, port: u16) -> String {
+    let text = std::fs::read_to_string(repo().join(manifest.path)).expect("read the manifest");
     let origin = "https://app.cors.localhost:8443";
-    assert_eq!(text.matches(origin).count(), 2, "{MANIFEST}: the app origin in api's header and api2's policy");
+    assert_eq!(text.matches(origin).count(), 2, "{}: the app origin in api's header and api2's policy", manifest.path);
     text.replace(origin, &format!("https://app.{PARENT}:{port}"))
 }
 
@@ -206,6 +214,32 @@ fn wait_synced(p: &Postern, plane: &control_plane::ControlPlane, ns: &str, want:
     );
 }
 
+/// Until `kubectl get <kind> -n <ns>` shows every object of `phase` with
+/// `Ready` `True` (the leader writes status after it serves).
+async fn wait_ready(plane: &control_plane::ControlPlane, kind: &str, ns: &str, phase: &Phase) {
+    let ready =
+        r#"-o=jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}"#;
+    let deadline = Instant::now() + SYNC_TIMEOUT;
+    loop {
+        let (ok, out, err) = kubectl(plane, &["get", kind, "-n", ns, ready], None);
+        let lines: Vec<&str> = out.lines().collect();
+        if ok && lines.len() == phase.routes.len() && lines.iter().all(|l| l.ends_with("=True")) {
+            if phase.name == "demo" {
+                let (_, table, _) = kubectl(plane, &["get", kind, "-n", ns], None);
+                println!("---- kubectl get {kind} -n {ns} ----\n{table}");
+            }
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "phase {}: not every {kind} in {ns} is Ready after {SYNC_TIMEOUT:?}: {out}{err}\n{}",
+            phase.name,
+            kubectl(plane, &["get", kind, "-n", ns, "-o", "yaml"], None).1
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Until every route of `phase` answers something else than Postern's
 /// "no route" 404 (a sign-in redirect, as nobody is signed in).
 async fn wait_routed(p: &Postern, phase: &Phase) {
@@ -230,124 +264,22 @@ async fn wait_routed(p: &Postern, phase: &Phase) {
     }
 }
 
-/// A Node server of the example, killed on drop. It prints one JSON line
-/// when listening, and exits by itself if this process goes away (its
-/// stdin closes).
-struct NodeServer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    ready: serde_json::Value,
-    logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl NodeServer {
-    fn start(script: &str, envs: &[(&str, String)]) -> NodeServer {
-        let mut command = Command::new("node");
-        command
-            .arg(example_dir().join(script))
-            .current_dir(example_dir())
-            .env("EXIT_ON_STDIN_EOF", "1")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in envs {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("spawn node {script}: {e} (is Node.js installed?)"));
-        let stdin = child.stdin.take();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        spawn_reader(child.stderr.take().expect("stderr"), logs.clone(), None);
-        let (tx, rx) = mpsc::channel();
-        spawn_reader(child.stdout.take().expect("stdout"), logs.clone(), Some(tx));
-        let ready = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(line) => serde_json::from_str(&line).unwrap_or_else(|e| panic!("{script} printed {line:?}: {e}")),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                std::thread::sleep(Duration::from_millis(100));
-                panic!(
-                    "{script} did not start within {START_TIMEOUT:?}; log:\n{}",
-                    logs.lock().expect("logs").join("\n")
-                );
-            }
-        };
-        NodeServer { child, stdin, ready, logs }
-    }
-
-    fn url(&self, key: &str) -> String {
-        self.ready[key].as_str().unwrap_or_else(|| panic!("no {key:?} in {}", self.ready)).to_string()
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().expect("logs").join("\n")
-    }
-}
-
-impl Drop for NodeServer {
-    fn drop(&mut self) {
-        self.stdin.take();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Copies `from` line by line into `logs` (and the lines to `tx`).
-fn spawn_reader(
-    from: impl std::io::Read + Send + 'static,
-    logs: Arc<Mutex<Vec<String>>>,
-    tx: Option<mpsc::Sender<String>>,
-) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        for line in BufReader::new(from).lines().map_while(Result::ok) {
-            if let Some(tx) = &tx {
-                let _ = tx.send(line.clone());
-            }
-            logs.lock().expect("logs").push(line);
-        }
-    })
-}
-
-/// Runs `command` to completion within `timeout`: (exit code, output).
-fn run_bounded(mut command: Command, timeout: Duration) -> (Option<i32>, String) {
-    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn node");
-    let logs = Arc::new(Mutex::new(Vec::new()));
-    let out = spawn_reader(child.stdout.take().expect("stdout"), logs.clone(), None);
-    let err = spawn_reader(child.stderr.take().expect("stderr"), logs.clone(), None);
-    let deadline = Instant::now() + timeout;
-    let code = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status.code();
-        }
-        if Instant::now() > deadline {
-            // SIGTERM first: playwright then closes the browser it started.
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-            std::thread::sleep(Duration::from_secs(3));
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let _ = out.join();
-    let _ = err.join();
-    let text = logs.lock().expect("logs").join("\n");
-    (code, text)
-}
-
-fn tail(lines: &[String], n: usize) -> String {
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn require_installed(dir: &Path, marker: &str) {
-    assert!(
-        dir.join("node_modules").join(marker).join("package.json").exists(),
-        "{}/node_modules/{marker} is missing: run scripts/install-test-deps.sh",
-        dir.display()
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_origin_guide_from_ingresses_in_chromium() {
+    run_guide(&INGRESSES).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cross_origin_guide_from_ingresses_in_chromium() {
+async fn cross_origin_guide_from_routes_in_chromium() {
+    run_guide(&ROUTES).await;
+}
+
+/// One run at a time: each starts five Posterns and a Chromium.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The guide's five phases in Chromium, with the routes from `manifest`.
+async fn run_guide(manifest: &Manifest) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     assert!(
         Path::new(CHROMIUM).exists(),
         "{CHROMIUM} is missing: run scripts/install-test-deps.sh (installs Debian's chromium and the npm packages)"
@@ -363,7 +295,7 @@ async fn cross_origin_guide_from_ingresses_in_chromium() {
 
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = dir.path().join(".demo");
-    make_certs(&certs);
+    make_certs(&certs, PARENT);
     let ports: Vec<u16> = PHASES.iter().map(|_| support::free_port()).collect();
     let auth = |port: u16| format!("https://authenticate.{PARENT}:{port}");
 
@@ -399,15 +331,15 @@ async fn cross_origin_guide_from_ingresses_in_chromium() {
     // Per phase: a namespace with the phase's objects, and a Postern watching it.
     let mut posterns: Vec<(&Phase, String, Postern)> = Vec::new();
     for (phase, &port) in PHASES.iter().zip(&ports) {
-        let ns = plane.namespace(&format!("xo-{}", phase.name)).await;
+        let ns = plane.namespace(&format!("{}-{}", manifest.tag, phase.name)).await;
         let mut args = vec!["apply", "-n", &ns, "-f", "-"];
         if let Some(selector) = phase.selector {
             args.extend(["-l", selector]);
         }
-        let (ok, out, err) = kubectl(plane, &args, Some(&manifest(port)));
-        assert!(ok, "phase {}: kubectl apply {MANIFEST}: {out}{err}", phase.name);
-        let applied = out.lines().filter(|l| l.starts_with("ingress.")).count();
-        assert_eq!(applied, phase.routes.len(), "phase {}: the Ingresses applied:\n{out}", phase.name);
+        let (ok, out, err) = kubectl(plane, &args, Some(&manifest_text(manifest, port)));
+        assert!(ok, "phase {}: kubectl apply {}: {out}{err}", phase.name, manifest.path);
+        let applied = out.lines().filter(|l| l.starts_with(manifest.applied)).count();
+        assert_eq!(applied, phase.routes.len(), "phase {}: the route objects applied:\n{out}", phase.name);
         for (service, port) in [("app", app_port), ("api", api_port)] {
             let (ok, out, err) =
                 kubectl(plane, &["apply", "-n", &ns, "-f", "-"], Some(&endpoint_slice(service, backend, port)));
@@ -447,7 +379,7 @@ async fn cross_origin_guide_from_ingresses_in_chromium() {
         .env("CROSS_ORIGIN_PORTS", phases.join(","))
         .env("CROSS_ORIGIN_PARENT", PARENT)
         .env("API_ADMIN_URL", api.url("admin"))
-        .env("ARTIFACTS_DIR", "tests/artifacts/k8s")
+        .env("ARTIFACTS_DIR", manifest.artifacts)
         .env("CHROMIUM", CHROMIUM)
         .env("BROWSER_TEST_TIMEOUT_MS", (BROWSER_TIMEOUT.as_millis() - 10_000).to_string());
     let (code, output) = tokio::task::block_in_place(|| run_bounded(command, BROWSER_TIMEOUT));
@@ -490,6 +422,9 @@ async fn cross_origin_guide_from_ingresses_in_chromium() {
         let (_, out, _) =
             kubectl(plane, &["get", "events", "-n", ns, "--field-selector", "reason=IgnoredAnnotations"], None);
         assert!(out.trim().is_empty(), "phase {}: ignored annotations in {ns}:\n{out}", phase.name);
+        if let Some(kind) = manifest.ready_status {
+            wait_ready(plane, kind, ns, phase).await;
+        }
     }
     // The servers go before the namespace whose address they listen on.
     drop(posterns);
