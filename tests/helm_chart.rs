@@ -453,6 +453,12 @@ fn chart_crds_and_install_yaml_do_not_drift() {
     assert!(!objects.iter().any(|o| o["kind"] == "Secret"), "no secret keys committed in install.yaml");
 }
 
+/// Held by the tests that touch the cluster-wide objects of the release
+/// `postern` in postern-system (the IngressClass, the ClusterRoles, the Route
+/// CRD that the install test deletes at its end), so neither sees the
+/// other's half-done state.
+static CLUSTER_WIDE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A minimal ServiceMonitor CRD: the Prometheus Operator's is not in this
 /// repository. It accepts any spec (`x-kubernetes-preserve-unknown-fields`),
 /// so the dry run below proves only that the group, version, kind and
@@ -468,6 +474,7 @@ const SERVICE_MONITOR_CRD: &str = r#"{"apiVersion":"apiextensions.k8s.io/v1","ki
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_accepts_every_rendered_object() {
     let plane = control_plane::shared();
+    let _cluster_wide = CLUSTER_WIDE.lock().await;
     let (ok, out, err) = plane.kubectl(&["apply", "-f", "-"], Some(SERVICE_MONITOR_CRD));
     assert!(ok, "{out}{err}");
     let (ok, out, err) = plane.kubectl(
@@ -631,6 +638,7 @@ async fn kubectl_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_run_as_the_chart_account_upgrade_keeps_secrets_uninstall() {
     let plane = control_plane::shared();
+    let _cluster_wide = CLUSTER_WIDE.lock().await;
     let dir = tempfile::tempdir().expect("dir");
     let kubeconfig = format!("--kubeconfig={}", plane.kubeconfig.display());
     let kubectl_here = |args: &[&str]| {
