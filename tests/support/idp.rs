@@ -207,6 +207,18 @@ impl Idp {
     }
 
     /// Whether `url` is on this IdP.
+    /// An IdP this process did not start (a demo script's), at `issuer`:
+    /// [`browse`] signs in through it; dropping it stops nothing.
+    pub fn attach(issuer: &str) -> Idp {
+        Idp {
+            issuer: issuer.trim_end_matches('/').to_string(),
+            child: None,
+            stdin: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            logs: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
     pub fn owns(&self, url: &str) -> bool {
         url == self.issuer || url.starts_with(&format!("{}/", self.issuer))
     }
