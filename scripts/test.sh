@@ -18,7 +18,7 @@ if [ "$fast" = 1 ]; then
   targets=(--lib)
   for f in tests/*.rs; do
     name=$(basename "$f" .rs)
-    case "$name" in k8s_* | cross_origin | helm_chart) ;; *) targets+=(--test "$name") ;; esac
+    case "$name" in k8s_* | cross_origin | helm_chart | container_image) ;; *) targets+=(--test "$name") ;; esac
   done
   echo "== fast tests (no control plane)"
   cargo test "${targets[@]}"
