@@ -9,6 +9,11 @@
 //!   routes, and flat as the table grows.
 //! * `compile/10000`: `RouteTable::compile` of 10,000 specs (1,000 hosts × 10
 //!   routes). Target: ≤ 50 ms.
+//! * `publish_cluster/20000`: what the controller's publish step costs at
+//!   20,000 cluster routes when one of them changed (`RouteSources::
+//!   publish_cluster` with one new spec among unchanged ones, certificates
+//!   generated as a server with no `certificates` does). It is part of
+//!   every apply → live (issue 15's goal: p50 ≤ 10 ms in all).
 //!
 //! Every table is checked once, outside the timed code, to compile without
 //! problems and to answer every query with the route it is meant to hit.
@@ -237,5 +242,44 @@ fn compile(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, lookup, compile);
+fn publish_cluster(c: &mut Criterion) {
+    use std::sync::Arc;
+
+    use postern::k8s::{ClusterRoutes, HostRoutes};
+    use postern::serve::RouteSources;
+    use postern::telemetry::Metrics;
+
+    let mut group = c.benchmark_group("publish_cluster");
+    group.measurement_time(Duration::from_secs(10));
+    group.sample_size(30);
+    let shape = Shape { hosts: 10_000, per_host: 2 };
+    let sources = RouteSources::new(Settings::default(), Arc::new(Metrics::new()));
+    // Filed by host, as the controller hands them over.
+    let mut by_host: std::collections::BTreeMap<String, Vec<Arc<RouteSpec>>> = Default::default();
+    for spec in specs(shape) {
+        by_host.entry(spec.from.trim_start_matches("https://").to_string()).or_default().push(Arc::new(spec));
+    }
+    let mut cluster = ClusterRoutes {
+        hosts: by_host.into_iter().map(|(h, s)| (h, HostRoutes(s.into()))).collect(),
+        certificates: Arc::new([]),
+    };
+    let hosts: Vec<String> = cluster.hosts.keys().cloned().collect();
+    sources.publish_cluster(cluster.clone());
+    assert_eq!(sources.routes.snapshot().len(), shape.routes(), "every route published");
+    let mut n = 0usize;
+    group.bench_function(shape.routes().to_string(), |b| {
+        b.iter(|| {
+            // One object changed: a new allocation for its host's routes.
+            n += 1;
+            let host = &hosts[n % hosts.len()];
+            let mut routes: Vec<Arc<RouteSpec>> = cluster.hosts[host].0.to_vec();
+            routes[0] = Arc::new((*routes[0]).clone());
+            cluster.hosts.insert(host.clone(), HostRoutes(routes.into()));
+            sources.publish_cluster(cluster.clone());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, lookup, compile, publish_cluster);
 criterion_main!(benches);

@@ -259,10 +259,8 @@ fn cluster_table(
             .await
             .ok_or_else(|| "the cluster did not sync within 30s".to_string())
     })?;
-    let (table, compile_problems) = RouteTable::compile(
-        &settings,
-        routes.into_iter().chain(cluster.routes.iter().map(|s| (**s).clone())).collect(),
-    );
+    let (table, compile_problems) =
+        RouteTable::compile(&settings, routes.into_iter().chain(cluster.routes().map(|s| (**s).clone())).collect());
     problems.extend(compile_problems);
     Ok((table, problems))
 }

@@ -192,7 +192,7 @@ impl fmt::Debug for CertifiedKey {
 }
 
 /// One route, whatever its source. Field meanings follow Pomerium's route keys.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteSpec {
     pub origin: Origin,
     pub from: String,
@@ -279,6 +279,22 @@ impl Origin {
                 None => format!("{kind} {namespace}/{name}"),
             },
             Origin::Inline => field.unwrap_or("route").to_string(),
+        }
+    }
+}
+
+/// The same place: the same file and key path (whatever else the file
+/// holds), or the same object.
+impl PartialEq for Origin {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Origin::File { file: f1, path: p1, .. }, Origin::File { file: f2, path: p2, .. }) => f1 == f2 && p1 == p2,
+            (
+                Origin::Object { kind: k1, namespace: n1, name: m1 },
+                Origin::Object { kind: k2, namespace: n2, name: m2 },
+            ) => k1 == k2 && n1 == n2 && m1 == m2,
+            (Origin::Inline, Origin::Inline) => true,
+            _ => false,
         }
     }
 }

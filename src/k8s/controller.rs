@@ -10,14 +10,13 @@
 //! the cache whole at its end (the reflector's buffered init), so an empty
 //! or partial list after an error never reads as "everything was deleted".
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -27,12 +26,13 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 
+use super::assembly::{Assembly, Entry};
 use super::backends::Backends;
 use super::crd::Route;
 use super::leader::Election;
-use super::object::{Conflict, Key, Kind, Subject};
+use super::object::{Key, Kind, Subject};
 use super::status::{Report, StatusWriter};
-use super::translate::{self, Ranked};
+use super::translate;
 use super::{Check, ClusterRoutes, Publish};
 use crate::config::{CertifiedKey, KubernetesSettings, Problem};
 
@@ -63,15 +63,6 @@ enum Stream_ {
 }
 
 const ALL_STREAMS: usize = 6;
-
-/// The cached outcome for one object.
-struct Entry {
-    created: Option<Time>,
-    /// The routes of the last valid version (kept while a newer one is bad).
-    good: Option<Vec<Ranked>>,
-    services: Vec<(String, String)>,
-    tls: Vec<(Vec<String>, String)>,
-}
 
 /// The caches of every namespace watched, per kind.
 struct Stores {
@@ -154,7 +145,8 @@ pub(crate) async fn run(
         let lease = Election::new(client.clone(), namespace, &format!("{}-leader", settings.ingress_class));
         election = Some(tokio::spawn(lease.run(leading_tx, stop.clone())));
     }
-    let mut entries: BTreeMap<Key, Entry> = BTreeMap::new();
+    let mut assembly = Assembly::default();
+    let mut certs: (Arc<[CertifiedKey]>, Vec<(Key, Problem)>) = (Arc::new([]), Vec::new());
     let mut listed: BTreeSet<Stream_> = BTreeSet::new();
     let per_stream = namespaces.len();
     let mut list_counts: HashMap<Stream_, usize> = HashMap::new();
@@ -228,9 +220,11 @@ pub(crate) async fn run(
         if !synced && listed.len() < ALL_STREAMS {
             continue;
         }
-        for (key, entry) in &entries {
-            if entry.services.iter().any(|s| touched_services.contains(s)) {
-                dirty.insert(key.clone());
+        if !touched_services.is_empty() {
+            for (key, entry) in assembly.entries() {
+                if entry.services.iter().any(|s| touched_services.contains(s)) {
+                    dirty.insert(key.clone());
+                }
             }
         }
         if all_dirty {
@@ -241,7 +235,7 @@ pub(crate) async fn run(
             for s in &stores.routes {
                 dirty.extend(s.state().iter().map(|r| (Kind::Route, r.namespace().unwrap_or_default(), r.name_any())));
             }
-            dirty.extend(entries.keys().cloned());
+            dirty.extend(assembly.keys().cloned());
             all_dirty = false;
         }
         if dirty.is_empty() && !touched_secrets && synced {
@@ -252,29 +246,40 @@ pub(crate) async fn run(
         let round = std::time::Instant::now();
         let objects = dirty.len();
         for key in std::mem::take(&mut dirty) {
-            reconcile(&key, &stores, &settings, default_class, &check, &mut entries, &mut reports);
+            reconcile(&key, &stores, &settings, default_class, &check, &mut assembly, &mut reports);
         }
         let translated = round.elapsed();
-        let (routes, conflicts) = assemble(&entries);
-        let (certificates, cert_problems) = certificates(&entries, &stores.secrets);
+        let routes_changed = assembly.assemble();
+        let certs_changed = assembly.take_tls_changed() || touched_secrets;
+        if certs_changed {
+            let (list, problems) = certificates(&assembly, &stores.secrets);
+            certs = (list.into(), problems);
+        }
         let assembled = round.elapsed();
-        let count = routes.len();
-        publish(ClusterRoutes { routes, certificates });
-        // Where a round's time goes, for the scale benchmark.
-        tracing::debug!(
-            k8s.objects = objects,
-            routes = count,
-            translate_ms = translated.as_secs_f64() * 1e3,
-            assemble_ms = (assembled - translated).as_secs_f64() * 1e3,
-            publish_ms = (round.elapsed() - assembled).as_secs_f64() * 1e3,
-            "cluster routes rebuilt"
-        );
+        // Nothing the table is made of changed (a label, a status, the same
+        // endpoints): the live table stays as it is.
+        if routes_changed || certs_changed || !synced {
+            let hosts = assembly.hosts();
+            let count = hosts.len();
+            publish(ClusterRoutes { hosts, certificates: certs.0.clone() });
+            // Where a round's time goes, for the scale benchmark.
+            tracing::debug!(
+                k8s.objects = objects,
+                hosts = count,
+                translate_ms = translated.as_secs_f64() * 1e3,
+                assemble_ms = (assembled - translated).as_secs_f64() * 1e3,
+                publish_ms = (round.elapsed() - assembled).as_secs_f64() * 1e3,
+                "cluster routes rebuilt"
+            );
+        }
         if !synced {
             synced = true;
-            tracing::info!(routes = count, objects = entries.len(), "cluster synced");
+            let hosts = assembly.hosts();
+            let routes = hosts.values().map(|h| h.0.len()).sum::<usize>();
+            tracing::info!(routes, hosts = hosts.len(), objects = assembly.len(), "cluster synced");
         }
         if write_status && *leading.borrow() {
-            status.report(reports, conflicts, cert_problems);
+            status.report(reports, assembly.conflicts(), certs.1.clone());
         }
     }
     // Let the election release the Lease before the process exits.
@@ -395,7 +400,7 @@ fn reconcile(
     settings: &KubernetesSettings,
     default_class: bool,
     check: &Check,
-    entries: &mut BTreeMap<Key, Entry>,
+    assembly: &mut Assembly,
     reports: &mut Vec<Report>,
 ) {
     let (kind, ns, name) = key;
@@ -405,7 +410,7 @@ fn reconcile(
             let Some(ing) = find(&stores.ingresses, ns, name)
                 .filter(|i| translate::ingress_is_ours(i, &settings.ingress_class, default_class))
             else {
-                entries.remove(key);
+                assembly.remove(key);
                 return;
             };
             let t = translate::ingress(&ing, &settings.route_defaults, &backends);
@@ -413,7 +418,7 @@ fn reconcile(
         }
         Kind::Route => {
             let Some(route) = find(&stores.routes, ns, name) else {
-                entries.remove(key);
+                assembly.remove(key);
                 return;
             };
             let t = translate::route(&route, &settings.route_defaults, &backends);
@@ -430,22 +435,20 @@ fn reconcile(
             });
         }
     }
-    let entry = entries.entry(key.clone()).or_insert_with(|| Entry {
-        created: created.clone(),
-        good: None,
-        services: Vec::new(),
-        tls: Vec::new(),
-    });
-    entry.created = created;
+    let previous = assembly.get(key);
     // Dependencies always follow the latest version, so a fix to a Service
     // the new version needs is noticed.
-    entry.services = translated.services;
-    let accepted = problems.is_empty();
-    if accepted {
+    let mut entry = Entry {
+        created,
+        good: previous.and_then(|e| e.good.clone()),
+        services: translated.services,
+        tls: previous.map(|e| e.tls.clone()).unwrap_or_default(),
+    };
+    if problems.is_empty() {
         entry.good = Some(translated.routes);
         entry.tls = translated.tls;
     }
-    reports.push(Report {
+    let report = Report {
         subject: reference,
         generation,
         problems,
@@ -455,60 +458,19 @@ fn reconcile(
             .good
             .as_ref()
             .map(|routes| routes.iter().flat_map(|r| r.spec.to.iter().cloned()).collect::<Vec<_>>().join(", ")),
-    });
-}
-
-/// The cluster's routes in match order: by host, then the rank of the
-/// path rule (exact, longest prefix, regex, catch-all), then the older
-/// object. A host and path rule two objects both claim goes to the older.
-fn assemble(entries: &BTreeMap<Key, Entry>) -> (Vec<Arc<crate::config::RouteSpec>>, Vec<Conflict>) {
-    let mut all: Vec<(&Key, Option<&Time>, usize, &Ranked)> = Vec::new();
-    for (key, entry) in entries {
-        for (i, r) in entry.good.iter().flatten().enumerate() {
-            all.push((key, entry.created.as_ref(), i, r));
-        }
-    }
-    all.sort_by(|a, b| {
-        a.3.host
-            .cmp(&b.3.host)
-            .then(a.3.rank.cmp(&b.3.rank))
-            .then(a.1.map(|t| t.0).cmp(&b.1.map(|t| t.0)))
-            .then(a.0.cmp(b.0))
-            .then(a.2.cmp(&b.2))
-    });
-    let mut owners: HashMap<(&str, String), &Key> = HashMap::new();
-    let mut conflicts = Vec::new();
-    let mut routes = Vec::with_capacity(all.len());
-    for (key, _, _, r) in all {
-        let rule = format!("{:?}|{:?}|{:?}|{:?}", r.spec.path, r.spec.prefix, r.spec.regex, r.spec.segment_prefix);
-        match owners.get(&(r.host.as_str(), rule.clone())) {
-            Some(holder) if *holder != key => conflicts.push(Conflict {
-                loser: key.clone(),
-                holder: (*holder).clone(),
-                host: r.host.clone(),
-                path: [&r.spec.path, &r.spec.prefix, &r.spec.segment_prefix, &r.spec.regex]
-                    .into_iter()
-                    .find_map(|p| p.clone())
-                    .unwrap_or("/".into()),
-            }),
-            Some(_) => routes.push(r.spec.clone()),
-            None => {
-                owners.insert((r.host.as_str(), rule), key);
-                routes.push(r.spec.clone());
-            }
-        }
-    }
-    (routes, conflicts)
+    };
+    assembly.put(key.clone(), entry);
+    reports.push(report);
 }
 
 /// The serving certificates of the Ingresses' `spec.tls` Secrets; a
 /// missing or bad Secret is a problem for its Ingress (its hosts get the
 /// default certificate meanwhile).
-fn certificates(entries: &BTreeMap<Key, Entry>, secrets: &[Store<Secret>]) -> (Vec<CertifiedKey>, Vec<(Key, Problem)>) {
+fn certificates(assembly: &Assembly, secrets: &[Store<Secret>]) -> (Vec<CertifiedKey>, Vec<(Key, Problem)>) {
     let mut certs = Vec::new();
     let mut problems = Vec::new();
     let mut seen = BTreeSet::new();
-    for (key, entry) in entries {
+    for (key, entry) in assembly.entries() {
         for (_, secret) in &entry.tls {
             let (_, ns, name) = key;
             let origin = crate::config::Origin::Object { kind: "Ingress", namespace: ns.clone(), name: name.clone() };

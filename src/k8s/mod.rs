@@ -8,6 +8,7 @@
 //! bad object keeps its last valid version serving.
 
 mod annotations;
+mod assembly;
 mod backends;
 mod controller;
 pub mod crd;
@@ -20,13 +21,52 @@ use std::sync::Arc;
 
 use crate::config::{CertifiedKey, KubernetesSettings, Problem, RouteSpec};
 
-/// What the cluster contributes: routes in match order, and the TLS
-/// certificates of Ingress `spec.tls` Secrets.
-#[derive(Debug, Default)]
+/// What the cluster contributes: routes by host, and the TLS certificates
+/// of Ingress `spec.tls` Secrets. Cheap to clone and to compare with the
+/// last one handed over: what did not change is the same allocation.
+#[derive(Debug, Clone, Default)]
 pub struct ClusterRoutes {
-    /// An object that did not change hands over the same `Arc`s as before.
-    pub routes: Vec<Arc<RouteSpec>>,
-    pub certificates: Vec<CertifiedKey>,
+    /// Keyed by the `from` host as the route table files it (lowercase,
+    /// without the port; `*.example.com`, or `*` for any host).
+    pub hosts: imbl::OrdMap<String, HostRoutes>,
+    pub certificates: Arc<[CertifiedKey]>,
+}
+
+impl ClusterRoutes {
+    /// Every route, host by host.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteSpec>> {
+        self.hosts.values().flat_map(|h| h.0.iter())
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.values().map(|h| h.0.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// One host's routes in match order. Equal means the same allocation: an
+/// unchanged host is handed over as it was, and comparing by content would
+/// cost what sharing saves.
+#[derive(Debug, Clone)]
+pub struct HostRoutes(pub Arc<[Arc<RouteSpec>]>);
+
+impl PartialEq for HostRoutes {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+/// The key [`ClusterRoutes::hosts`] files a route under, from the host (and
+/// port) of its `from` URL: lowercase, without the port.
+pub(crate) fn table_host(from_host: &str) -> String {
+    let host = match from_host.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => from_host,
+    };
+    host.to_ascii_lowercase()
 }
 
 /// Checks that one route compiles (`RouteTable`'s compile step).

@@ -25,6 +25,7 @@ pub(crate) enum Subject {
 }
 
 /// A route another, older object already serves.
+#[derive(Debug, Clone)]
 pub(crate) struct Conflict {
     pub loser: Key,
     pub holder: Key,

@@ -68,15 +68,24 @@ pub(crate) struct Ranked {
     /// Shared with the published list: an unchanged object hands over the
     /// same allocation, so the publisher can reuse its compiled route.
     pub spec: Arc<RouteSpec>,
-    /// Lowercase host of `from`, the first sort key.
+    /// Lowercase host (and port) of `from`, the first sort key.
     pub host: String,
+    /// The host the route table files it under ([`super::table_host`]).
+    pub table_host: String,
     pub rank: (u8, std::cmp::Reverse<usize>),
 }
 
 impl Ranked {
     fn new(spec: RouteSpec) -> Self {
         let host = spec.from.split_once("://").map_or(spec.from.as_str(), |(_, h)| h).to_ascii_lowercase();
-        Ranked { rank: rank(&spec), host, spec: Arc::new(spec) }
+        Ranked { rank: rank(&spec), table_host: super::table_host(&host), host, spec: Arc::new(spec) }
+    }
+}
+
+/// Same content (the allocation may differ).
+impl PartialEq for Ranked {
+    fn eq(&self, other: &Self) -> bool {
+        self.host == other.host && self.rank == other.rank && *self.spec == *other.spec
     }
 }
 

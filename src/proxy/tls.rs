@@ -104,6 +104,12 @@ impl CertResolver {
         Ok((generated, skipped))
     }
 
+    /// The certificate for clients that name no known host.
+    #[cfg(test)]
+    pub(crate) fn fallback_certificate(&self) -> Option<Arc<SigningKey>> {
+        self.pick(None)
+    }
+
     fn pick(&self, server_name: Option<&str>) -> Option<Arc<SigningKey>> {
         let set = self.0.load();
         if let Some(name) = server_name.map(str::to_ascii_lowercase) {

@@ -20,39 +20,58 @@ pub use route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, Upstream
 
 use crate::config::{Problem, RouteSpec, Settings};
 
-/// Routes by host. A fast seeded hash rather than SipHash: requests only
-/// probe it, so a client cannot pile up colliding keys, and SipHash of
-/// the host was a measurable share of a request's own work.
-type HostIndex = HashMap<String, Vec<Arc<Route>>, foldhash::fast::RandomState>;
+/// Routes by host. A persistent (structurally shared) map, so a table that
+/// differs from the live one in a few hosts is built in time proportional
+/// to those hosts, not to the whole table (the cluster publishes after
+/// every change, at tens of thousands of routes). A fast seeded hash
+/// rather than SipHash: requests only probe it, so a client cannot pile up
+/// colliding keys, and SipHash of the host was a measurable share of a
+/// request's own work.
+/// One host's routes in match order.
+type Bucket = Arc<[Arc<Route>]>;
+
+type HostIndex = imbl::GenericHashMap<String, Bucket, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
 
 /// All routes, indexed by host.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone)]
 pub struct RouteTable {
-    /// Every route in source order (for listing).
-    routes: Vec<Arc<Route>>,
     exact: HostIndex,
     /// Keyed by the parent domain: `*.example.com` is under `example.com`.
     wildcard: HostIndex,
     /// `from: https://*`: any host no other route serves (Ingress rules
     /// without a host, default backends).
-    any_host: Vec<Arc<Route>>,
+    any_host: Bucket,
+    /// Routes in all buckets.
+    len: usize,
     /// Peers whose `X-Forwarded-*` headers are believed.
     trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            exact: HostIndex::with_hasher(foldhash::fast::RandomState::default()),
+            wildcard: HostIndex::with_hasher(foldhash::fast::RandomState::default()),
+            any_host: Arc::new([]),
+            len: 0,
+            trusted_proxies: Vec::new(),
+        }
+    }
 }
 
 impl RouteTable {
     /// Compiles every spec; a spec that fails becomes a [`Problem`] and is
     /// left out, the rest still compile.
     pub fn compile(settings: &Settings, specs: Vec<RouteSpec>) -> (RouteTable, Vec<Problem>) {
-        let mut table = RouteTable { trusted_proxies: settings.trusted_proxies.clone(), ..RouteTable::default() };
         let mut problems = Vec::new();
+        let mut routes = Vec::with_capacity(specs.len());
         for spec in specs {
             match compile::compile_route(settings, spec) {
-                Ok(route) => table.insert(Arc::new(route)),
+                Ok(route) => routes.push(Arc::new(route)),
                 Err(problem) => problems.push(problem),
             }
         }
-        (table, problems)
+        (RouteTable::from_routes(settings, routes), problems)
     }
 
     /// One route, compiled alone (for sources that keep compiled routes of
@@ -63,9 +82,43 @@ impl RouteTable {
 
     /// A table of routes already compiled with `settings`, in match order.
     pub fn from_routes(settings: &Settings, routes: impl IntoIterator<Item = Arc<Route>>) -> RouteTable {
-        let mut table = RouteTable { trusted_proxies: settings.trusted_proxies.clone(), ..RouteTable::default() };
+        let mut buckets: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        let mut order = Vec::new();
         for route in routes {
-            table.insert(route);
+            let bucket = buckets.entry(route.from.host.clone()).or_insert_with_key(|host| {
+                order.push(host.clone());
+                Vec::new()
+            });
+            bucket.push(route);
+        }
+        let table = RouteTable { trusted_proxies: settings.trusted_proxies.clone(), ..RouteTable::default() };
+        table.with_buckets(order.into_iter().map(|host| {
+            let routes = buckets.remove(&host).unwrap_or_default();
+            (host, routes)
+        }))
+    }
+
+    /// This table with the routes of some hosts replaced, each given as the
+    /// `from` host its routes share (`a.example.com`, `*.example.com`, `*`)
+    /// and its routes in match order (none: the host is gone). Hosts not
+    /// named keep their routes, shared with this table.
+    pub fn with_buckets(&self, buckets: impl IntoIterator<Item = (String, Vec<Arc<Route>>)>) -> RouteTable {
+        let mut table = self.clone();
+        for (host, routes) in buckets {
+            debug_assert!(routes.iter().all(|r| r.from.host == host), "routes filed under another host");
+            let added = routes.len();
+            let routes: Bucket = routes.into();
+            let removed = if host == "*" {
+                std::mem::replace(&mut table.any_host, routes).len()
+            } else {
+                let (index, key) = match host.strip_prefix("*.") {
+                    Some(parent) => (&mut table.wildcard, parent.to_string()),
+                    None => (&mut table.exact, host),
+                };
+                let old = if added == 0 { index.remove(&key) } else { index.insert(key, routes) };
+                old.map_or(0, |r| r.len())
+            };
+            table.len = table.len + added - removed;
         }
         table
     }
@@ -76,20 +129,10 @@ impl RouteTable {
         compile::compile_route(settings, spec.clone()).map(|_| ())
     }
 
-    fn insert(&mut self, route: Arc<Route>) {
-        let bucket = match route.from.host.strip_prefix("*.") {
-            _ if route.from.host == "*" => &mut self.any_host,
-            Some(parent) => self.wildcard.entry(parent.to_string()).or_default(),
-            None => self.exact.entry(route.from.host.clone()).or_default(),
-        };
-        bucket.push(route.clone());
-        self.routes.push(route);
-    }
-
     /// The route for a request. `host` must be lowercase without a port;
     /// `path` must be normalized (see [`path::normalize`]).
     pub fn lookup(&self, host: &str, port: Option<u16>, path: &str) -> Option<&Arc<Route>> {
-        let pick = |routes: &'_ Vec<Arc<Route>>| -> Option<usize> {
+        let pick = |routes: &'_ [Arc<Route>]| -> Option<usize> {
             routes.iter().position(|r| (r.from.port.is_none() || r.from.port == port) && r.rule.matches(path))
         };
         if let Some(routes) = self.exact.get(host)
@@ -131,22 +174,23 @@ impl RouteTable {
             || host.split_once('.').is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
     }
 
-    /// Routes in source order.
-    pub fn routes(&self) -> &[Arc<Route>] {
-        &self.routes
+    /// The `from` hosts that have routes (`*.example.com` for wildcards;
+    /// not `*`), in no particular order.
+    pub fn hosts(&self) -> impl Iterator<Item = String> + '_ {
+        self.exact.keys().cloned().chain(self.wildcard.keys().map(|parent| format!("*.{parent}")))
     }
 
     /// Routes in match order: exact hosts, then wildcards; within a host,
     /// source order.
     pub fn routes_in_match_order(&self) -> Vec<&Arc<Route>> {
-        let mut hosts: Vec<(&String, &Vec<Arc<Route>>, bool)> = self
+        let mut hosts: Vec<(&String, &Bucket, bool)> = self
             .exact
             .iter()
             .map(|(h, r)| (h, r, false))
             .chain(self.wildcard.iter().map(|(h, r)| (h, r, true)))
             .collect();
         hosts.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(b.0)));
-        hosts.into_iter().flat_map(|(_, routes, _)| routes.iter()).chain(&self.any_host).collect()
+        hosts.into_iter().flat_map(|(_, routes, _)| routes.iter()).chain(self.any_host.iter()).collect()
     }
 
     /// Whether `ip` is one of the `trusted_proxies`.
@@ -155,11 +199,11 @@ impl RouteTable {
     }
 
     pub fn len(&self) -> usize {
-        self.routes.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty()
+        self.len == 0
     }
 }
 
