@@ -72,7 +72,8 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// From an EC P-256 private key in PEM (PKCS#8 or SEC1).
+    /// From an EC P-256 private key in PKCS#8 PEM (the config turns SEC1
+    /// keys into PKCS#8).
     pub(crate) fn from_pem(pem: &[u8]) -> Result<Self, SignerError> {
         let key = EncodingKey::from_ec_pem(pem).map_err(SignerError::Key)?;
         let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(SignerError::Key)?;

@@ -392,10 +392,13 @@ impl Loader {
                     .and_then(|b| String::from_utf8(b).ok())
                     .unwrap_or(pem)
             };
-            if jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).is_err() {
-                bad("signing_key", "is not an EC P-256 private key in PEM form".into());
-            } else {
-                auth.signing_key = Some(Secret(pem.into_bytes()));
+            match ec_key_as_pkcs8(&pem) {
+                Some(pkcs8) => auth.signing_key = Some(Secret(pkcs8.into_bytes())),
+                None => bad(
+                    "signing_key",
+                    "is not an EC P-256 private key in PEM form (PKCS#8 `BEGIN PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`)"
+                        .into(),
+                ),
             }
         }
         auth
@@ -666,3 +669,18 @@ fn tidy_serde_message(message: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// An EC P-256 private key in PEM as PKCS#8 PEM, the form the signing code
+/// takes; `None` if it is not one. SEC1 (`BEGIN EC PRIVATE KEY`) is what
+/// `openssl ecparam -genkey`, Pomerium's docs and Helm's `genPrivateKey
+/// "ecdsa"` write, so it is converted here, once.
+fn ec_key_as_pkcs8(pem: &str) -> Option<String> {
+    use p256::pkcs8::EncodePrivateKey;
+    let pkcs8 = if pem.contains("-----BEGIN EC PRIVATE KEY-----") {
+        p256::SecretKey::from_sec1_pem(pem).ok()?.to_pkcs8_pem(p256::pkcs8::LineEnding::LF).ok()?.to_string()
+    } else {
+        pem.to_string()
+    };
+    jsonwebtoken::EncodingKey::from_ec_pem(pkcs8.as_bytes()).ok()?;
+    Some(pkcs8)
+}

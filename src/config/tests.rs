@@ -148,3 +148,20 @@ fn kubernetes_settings_are_checked_like_the_rest() {
     let problems = problems_of("kubernetes:\n  route_defaults:\n    timeout: soon\n");
     assert!(problems.iter().any(|p| p.contains("config.yaml:3:5: kubernetes.route_defaults.timeout") && p.contains("invalid duration")), "{problems:?}");
 }
+
+#[test]
+fn a_sec1_signing_key_is_taken_as_the_same_key_in_pkcs8_form() {
+    use p256::pkcs8::DecodePrivateKey;
+    let pkcs8 = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    let sec1 = p256::SecretKey::from_pkcs8_pem(&pkcs8)
+        .expect("parse")
+        .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+        .expect("sec1")
+        .to_string();
+    assert!(sec1.starts_with("-----BEGIN EC PRIVATE KEY-----"));
+    let from_sec1 = ec_key_as_pkcs8(&sec1).expect("a SEC1 key is accepted");
+    let again = p256::SecretKey::from_pkcs8_pem(&from_sec1).expect("PKCS#8 out");
+    assert_eq!(again, p256::SecretKey::from_pkcs8_pem(&pkcs8).expect("pkcs8"), "the same key");
+    assert_eq!(ec_key_as_pkcs8(&pkcs8).as_deref(), Some(pkcs8.as_str()), "PKCS#8 passes through");
+    assert!(ec_key_as_pkcs8("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n").is_none());
+}

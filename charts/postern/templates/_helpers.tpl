@@ -80,30 +80,12 @@ Where the pod mounts its settings and secrets; config.yaml refers to these.
 {{- define "postern.secretsDir" -}}/var/run/secrets/postern{{- end }}
 
 {{/*
-An EC P-256 private key in PKCS#8 PEM ("BEGIN PRIVATE KEY"), the form
-Postern's signing_key takes. sprig's genPrivateKey "ecdsa" makes a P-256 key
-in SEC1 form ("BEGIN EC PRIVATE KEY"), which Postern refuses; PKCS#8 is that
-SEC1 DER wrapped in a PrivateKeyInfo. Go's SEC1 DER of a P-256 key always
-has 121 bytes (the private scalar is padded to 32), so the wrapper is a
-constant 30-byte prefix:
-  30 81 93                        SEQUENCE, 147 bytes
-     02 01 00                     INTEGER 0 (version)
-     30 13                        SEQUENCE (AlgorithmIdentifier)
-        06 07 2a8648ce3d0201      OID id-ecPublicKey
-        06 08 2a8648ce3d030107    OID prime256v1
-     04 79                        OCTET STRING, 121 bytes: the SEC1 DER
-tests/helm_chart.rs runs Postern with a key made here.
+An EC P-256 private key for signing_key. sprig's genPrivateKey "ecdsa" makes
+a P-256 key in SEC1 PEM ("BEGIN EC PRIVATE KEY"), which Postern takes as it
+takes PKCS#8. tests/helm_chart.rs runs Postern with a key made here.
 */}}
 {{- define "postern.generateSigningKey" -}}
-{{- $sec1 := genPrivateKey "ecdsa" }}
-{{- $body := $sec1 | replace "-----BEGIN EC PRIVATE KEY-----" "" | replace "-----END EC PRIVATE KEY-----" "" | nospace }}
-{{- $der := b64dec $body }}
-{{- if ne (len $der) 121 }}
-{{- fail (printf "postern chart: the generated P-256 key has %d DER bytes, not 121; set secrets.existingSecret instead" (len $der)) }}
-{{- end }}
-{{- $prefix := b64dec "MIGTAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBHk=" }}
-{{- $pkcs8 := printf "%s%s" $prefix $der | b64enc }}
-{{- printf "-----BEGIN PRIVATE KEY-----\n%s\n-----END PRIVATE KEY-----\n" (regexReplaceAll "(.{64})" $pkcs8 "${1}\n" | trimSuffix "\n") }}
+{{- genPrivateKey "ecdsa" }}
 {{- end }}
 
 {{/*
