@@ -5,6 +5,8 @@
 # examples/cross-origin. Idempotent: run it as often as you like.
 #   scripts/install-test-deps.sh
 set -euo pipefail
+# shellcheck source=scripts/lib/npm.sh
+source "$(dirname "$0")/lib/npm.sh"
 cd "$(dirname "$0")/.."
 
 if [ ! -x /usr/bin/chromium ]; then
@@ -28,19 +30,7 @@ command -v node >/dev/null || { echo "node is missing: install Node.js 20 or new
 command -v npm >/dev/null || { echo "npm is missing: install Node.js 20 or newer (with npm)" >&2; exit 1; }
 
 for dir in tests/browser tests/support/oidc examples/cross-origin; do
-  # npm ci wipes and reinstalls node_modules; skip it when the install
-  # already matches the lock file (npm keeps a copy as .package-lock.json).
-  if [ -f "$dir/node_modules/.package-lock.json" ] \
-    && node -e '
-      const [a, b] = process.argv.slice(1).map((f) => JSON.parse(require("fs").readFileSync(f, "utf8")).packages);
-      const strip = (p) => JSON.stringify(Object.fromEntries(Object.entries(p).filter(([k]) => k !== "").map(([k, v]) => [k, v.version])));
-      process.exit(strip(a) === strip(b) ? 0 : 1);
-    ' "$dir/package-lock.json" "$dir/node_modules/.package-lock.json" 2>/dev/null; then
-    echo "== $dir: node_modules up to date"
-  else
-    echo "== npm ci in $dir"
-    (cd "$dir" && npm ci --no-audit --no-fund)
-  fi
+  npm_ci_if_stale "$dir"
 done
 # ---- Container image (tests/container_image.rs) ----
 # Debian's buildah builds the image's final stage daemonless (vfs storage,

@@ -544,22 +544,6 @@ fn install_yaml_secret_commands_make_keys_postern_accepts() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-/// A kubeconfig for the ServiceAccount token, next to the admin one.
-fn token_kubeconfig(plane: &control_plane::ControlPlane, dir: &Path, token: &str) -> PathBuf {
-    let path = dir.join("sa.kubeconfig");
-    std::fs::copy(&plane.kubeconfig, &path).expect("copy kubeconfig");
-    let p = path.display().to_string();
-    for args in [
-        vec!["--kubeconfig", &p, "config", "set-credentials", "postern-sa", &format!("--token={token}")],
-        vec!["--kubeconfig", &p, "config", "set-context", "--current", "--user=postern-sa"],
-    ] {
-        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
-        let (ok, _, err) = plane.kubectl(&args, None);
-        assert!(ok, "{err}");
-    }
-    path
-}
-
 /// A token of the chart's ServiceAccount from the TokenRequest API, as the
 /// kubelet gets one for the pod.
 async fn chart_account_token(plane: &control_plane::ControlPlane, ns: &str, name: &str) -> String {
@@ -713,7 +697,7 @@ async fn install_run_as_the_chart_account_upgrade_keeps_secrets_uninstall() {
     }
     assert!(adjusted.contains("publish_service: postern-system/postern"), "{adjusted}");
     let token = chart_account_token(plane, "postern-system", "postern").await;
-    let sa_kubeconfig = token_kubeconfig(plane, dir.path(), &token);
+    let sa_kubeconfig = plane.kubeconfig_with_token(dir.path(), &token);
     let start = || {
         Postern::start_with(
             &adjusted,

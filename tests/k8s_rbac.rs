@@ -38,22 +38,6 @@ fn kubectl_delete(plane: &control_plane::ControlPlane, kind: &str, name: &str, n
     plane.kubectl(&args, None);
 }
 
-/// A kubeconfig for the ServiceAccount token, next to the admin one.
-fn token_kubeconfig(plane: &control_plane::ControlPlane, dir: &std::path::Path, token: &str) -> std::path::PathBuf {
-    let path = dir.join("sa.kubeconfig");
-    std::fs::copy(&plane.kubeconfig, &path).expect("copy kubeconfig");
-    let p = path.display().to_string();
-    for args in [
-        vec!["--kubeconfig", &p, "config", "set-credentials", "postern-sa", &format!("--token={token}")],
-        vec!["--kubeconfig", &p, "config", "set-context", "--current", "--user=postern-sa"],
-    ] {
-        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
-        let (ok, _, err) = plane.kubectl(&args, None);
-        assert!(ok, "{err}");
-    }
-    path
-}
-
 /// The objects every feature is exercised on.
 fn objects(plane: &control_plane::ControlPlane, ns: &str) {
     let (cert, key) = support::self_signed(&["good.rbac.test"]);
@@ -117,7 +101,7 @@ async fn exactly_the_manifest_rules_each_one_needed() {
     let ns = plane.namespace("rbac").await;
     let token = plane.service_account(&ns, "postern", None).await;
     let dir = tempfile::tempdir().expect("dir");
-    let kubeconfig = token_kubeconfig(plane, dir.path(), &token);
+    let kubeconfig = plane.kubeconfig_with_token(dir.path(), &token);
     objects(plane, &ns);
     let roles = manifest_roles(plane);
     let main_rules = roles[0]["rules"].as_array().cloned().expect("rules");

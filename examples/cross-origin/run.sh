@@ -14,6 +14,8 @@
 # listed at 127.0.0.1:8103/requests) and Postern (127.0.0.1:8443), prints
 # where to go, and stays up until Ctrl-C.
 set -euo pipefail
+# shellcheck source=scripts/lib/npm.sh
+source "$(dirname "$0")/../../scripts/lib/npm.sh"
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -61,17 +63,7 @@ postern="$target_dir/release/postern"
 
 echo "== npm packages"
 for dir in "$root/tests/support/oidc" "$here"; do
-  if [ -f "$dir/node_modules/.package-lock.json" ] && cmp -s <(node -e '
-      const p = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).packages;
-      console.log(Object.entries(p).filter(([k]) => k).map(([k, v]) => k + "@" + v.version).sort().join("\n"));
-    ' "$dir/package-lock.json") <(node -e '
-      const p = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).packages;
-      console.log(Object.entries(p).filter(([k]) => k).map(([k, v]) => k + "@" + v.version).sort().join("\n"));
-    ' "$dir/node_modules/.package-lock.json"); then
-    echo "$dir: up to date"
-  else
-    (cd "$dir" && npm ci --no-audit --no-fund)
-  fi
+  npm_ci_if_stale "$dir"
 done
 
 echo "== certificate for *.$parent ($demo)"

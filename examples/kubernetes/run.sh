@@ -33,6 +33,8 @@
 # (made anew each run). POSTERN_BIN: a postern binary to run instead of
 # building the release one (tests/k8s_demo.rs passes its debug build).
 set -euo pipefail
+# shellcheck source=scripts/lib/npm.sh
+source "$(dirname "$0")/../../scripts/lib/npm.sh"
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -110,17 +112,7 @@ fi
 
 echo "== npm packages"
 for dir in "$root/tests/support/oidc" "$xo"; do
-  if [ -f "$dir/node_modules/.package-lock.json" ] && cmp -s <(node -e '
-      const p = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).packages;
-      console.log(Object.entries(p).filter(([k]) => k).map(([k, v]) => k + "@" + v.version).sort().join("\n"));
-    ' "$dir/package-lock.json") <(node -e '
-      const p = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).packages;
-      console.log(Object.entries(p).filter(([k]) => k).map(([k, v]) => k + "@" + v.version).sort().join("\n"));
-    ' "$dir/node_modules/.package-lock.json"); then
-    echo "$dir: up to date"
-  else
-    (cd "$dir" && npm ci --no-audit --no-fund)
-  fi
+  npm_ci_if_stale "$dir"
 done
 
 echo "== certificate for *.$parent ($demo/certs)"

@@ -315,6 +315,23 @@ impl ControlPlane {
         kube::Client::try_from(config).expect("client")
     }
 
+    /// A kubeconfig in `dir` for this API server that authenticates with
+    /// `token` (a ServiceAccount's), for a Postern run as that account.
+    pub fn kubeconfig_with_token(&self, dir: &Path, token: &str) -> PathBuf {
+        let path = dir.join("sa.kubeconfig");
+        std::fs::copy(&self.kubeconfig, &path).expect("copy kubeconfig");
+        let p = path.display().to_string();
+        for args in [
+            vec!["--kubeconfig", &p, "config", "set-credentials", "postern-sa", &format!("--token={token}")],
+            vec!["--kubeconfig", &p, "config", "set-context", "--current", "--user=postern-sa"],
+        ] {
+            let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
+            let (ok, _, err) = self.kubectl(&args, None);
+            assert!(ok, "{err}");
+        }
+        path
+    }
+
     /// Creates a namespace with a unique name for one test.
     pub async fn namespace(&self, prefix: &str) -> String {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
