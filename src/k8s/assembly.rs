@@ -39,8 +39,9 @@ impl Entry {
 #[derive(Default)]
 pub(crate) struct Assembly {
     entries: BTreeMap<Key, Entry>,
-    /// The objects with routes on each host.
-    on_host: HashMap<String, BTreeSet<Key>>,
+    /// The objects with routes on each host: almost always one, so a list
+    /// (a set's first node alone is ten times the size of one key).
+    on_host: HashMap<String, Vec<Key>>,
     hosts: imbl::OrdMap<String, HostRoutes>,
     conflicts: BTreeMap<String, Vec<Conflict>>,
     /// Hosts to assemble again.
@@ -96,7 +97,7 @@ impl Assembly {
     fn move_hosts(&mut self, key: &Key, old: Option<&Entry>, new: Option<&Entry>) {
         for host in old.into_iter().flat_map(Entry::hosts) {
             if let Some(keys) = self.on_host.get_mut(host) {
-                keys.remove(key);
+                keys.retain(|k| k != key);
                 if keys.is_empty() {
                     self.on_host.remove(host);
                 }
@@ -104,7 +105,10 @@ impl Assembly {
             self.dirty.insert(host.to_string());
         }
         for host in new.into_iter().flat_map(Entry::hosts) {
-            self.on_host.entry(host.to_string()).or_default().insert(key.clone());
+            let keys = self.on_host.entry(host.to_string()).or_default();
+            if !keys.contains(key) {
+                keys.push(key.clone());
+            }
             self.dirty.insert(host.to_string());
         }
     }

@@ -320,13 +320,23 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    // managedFields are most of an object's size and never read here
-    // (kube-rs's optimization guide): dropped before the cache keeps it.
-    let watch = watcher::watcher(api, config).default_backoff().modify(|o: &mut K| o.managed_fields_mut().clear());
+    let watch = watcher::watcher(api, config).default_backoff().modify(slim);
     let events = reflector::reflector(writer, watch);
     let tx = tx.clone();
     tokio::spawn(forward(events, tx, stream, change));
     reader
+}
+
+/// What the cache keeps of an object: managedFields and kubectl's
+/// last-applied copy are most of an object's size and never read here
+/// (kube-rs's optimization guide), so they are dropped, allocation and all,
+/// before the cache keeps the object.
+fn slim<K: Resource>(o: &mut K) {
+    let meta = o.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 async fn forward<K, S>(events: S, tx: mpsc::UnboundedSender<Change>, stream: Stream_, change: fn(&K) -> Option<Change>)
