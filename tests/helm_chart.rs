@@ -7,6 +7,8 @@
 //! routing an Ingress and a Route.
 
 // `control_plane.rs` loads `supervised.rs` itself, as `support` does.
+#[path = "support/chart_pod.rs"]
+mod chart_pod;
 #[allow(clippy::duplicate_mod)]
 #[path = "support/control_plane.rs"]
 mod control_plane;
@@ -20,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use support::{Options, Postern};
+use chart_pod::ChartPod;
+use support::Postern;
 
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
@@ -544,40 +547,6 @@ fn install_yaml_secret_commands_make_keys_postern_accepts() {
     assert_eq!(code, 0, "{out}{err}");
 }
 
-/// A token of the chart's ServiceAccount from the TokenRequest API, as the
-/// kubelet gets one for the pod.
-async fn chart_account_token(plane: &control_plane::ControlPlane, ns: &str, name: &str) -> String {
-    use k8s_openapi::api::authentication::v1::TokenRequest;
-    use k8s_openapi::api::core::v1::ServiceAccount;
-    let accounts: kube::Api<ServiceAccount> = kube::Api::namespaced(plane.client().await, ns);
-    let request: TokenRequest =
-        serde_json::from_value(json!({ "spec": { "expirationSeconds": 3600 } })).expect("token request");
-    let token = accounts
-        .create_token_request(name, &Default::default(), &request)
-        .await
-        .expect("token for the chart's ServiceAccount");
-    token.status.and_then(|s| s.token).expect("token in the TokenRequest status")
-}
-
-/// The installed Secret's data, decoded: file name -> bytes.
-fn secret_files(plane: &control_plane::ControlPlane, ns: &str, name: &str) -> Vec<(String, Vec<u8>)> {
-    use base64::Engine as _;
-    let (ok, out, err) = plane.kubectl(&["get", "secret", name, "-n", ns, "-o", "json"], None);
-    assert!(ok, "{err}");
-    let secret: Value = serde_json::from_str(&out).expect("json");
-    let mut files: Vec<(String, Vec<u8>)> = secret["data"]
-        .as_object()
-        .expect("data")
-        .iter()
-        .map(|(k, v)| {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("string")).expect("base64");
-            (k.clone(), bytes)
-        })
-        .collect();
-    files.sort();
-    files
-}
-
 /// GETs `https://host/path` through Postern until `want` says yes (or 20 s pass).
 async fn eventually(p: &Postern, host: &str, path: &str, what: &str, want: impl Fn(u16, &str) -> bool) -> String {
     let client = p.client();
@@ -670,43 +639,17 @@ async fn install_run_as_the_chart_account_upgrade_keeps_secrets_uninstall() {
         let (ok, _, err) = plane.kubectl(&args, None);
         assert!(ok, "helm install did not create {kind} {name}: {err}");
     }
-    let secrets_at_install = secret_files(plane, "postern-system", "postern");
+    let secrets_at_install = chart_pod::secret_files(plane, "postern-system", "postern");
     let names_in_secret: Vec<&str> = secrets_at_install.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(names_in_secret, ["cookie_secret", "signing_key"]);
 
-    // 2. The controller as the chart's pod would run it, as a local process:
-    // the installed ConfigMap's config.yaml and Secret's files, with only the
-    // listen addresses moved to loopback ports the OS picks and the secret
-    // file paths pointed at the temp dir the harness writes them to; the
-    // token of the chart's ServiceAccount, so it has exactly the chart's RBAC.
-    let (ok, config, err) = plane.kubectl(
-        &["get", "configmap", "postern", "-n", "postern-system", "-o", "jsonpath={.data.config\\.yaml}"],
-        None,
-    );
-    assert!(ok, "{err}");
-    let mut adjusted = String::new();
-    for line in config.lines() {
-        let line = match line.split_once(':').map(|(k, _)| k) {
-            Some("address" | "http_redirect_addr" | "metrics_address") => {
-                format!("{}: 127.0.0.1:0", line.split_once(':').expect("key").0)
-            }
-            _ => line.replace("/var/run/secrets/postern/", ""),
-        };
-        adjusted.push_str(&line);
-        adjusted.push('\n');
-    }
-    assert!(adjusted.contains("publish_service: postern-system/postern"), "{adjusted}");
-    let token = chart_account_token(plane, "postern-system", "postern").await;
-    let sa_kubeconfig = plane.kubeconfig_with_token(dir.path(), &token);
-    let start = || {
-        Postern::start_with(
-            &adjusted,
-            Options {
-                extra_args: vec!["--kubeconfig".into(), sa_kubeconfig.display().to_string()],
-                files: secrets_at_install.clone(),
-            },
-        )
-    };
+    // 2. The controller as the chart's pod would run it, as a local process
+    // (support/chart_pod.rs): the installed settings and secrets, the token
+    // of the chart's ServiceAccount, so it has exactly the chart's RBAC.
+    let pod = ChartPod::of(plane, "postern-system", "postern", dir.path()).await;
+    assert!(pod.config.contains("publish_service: postern-system/postern"), "{}", pod.config);
+    assert!(pod.files == secrets_at_install, "the pod gets the Secret's files");
+    let start = || Postern::start_with(&pod.config, pod.options());
     let p = start();
 
     // An Ingress to a Service whose EndpointSlice lists a real upstream (in
@@ -794,7 +737,7 @@ async fn install_run_as_the_chart_account_upgrade_keeps_secrets_uninstall() {
     assert_eq!(replicas, "2");
     kubectl_here(&["get", "poddisruptionbudget", "postern", "-n", "postern-system"]);
     assert!(
-        secret_files(plane, "postern-system", "postern") == secrets_at_install,
+        chart_pod::secret_files(plane, "postern-system", "postern") == secrets_at_install,
         "helm upgrade changed the generated secrets"
     );
 

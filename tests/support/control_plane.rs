@@ -354,9 +354,19 @@ impl ControlPlane {
         if let Some(rules) = rules {
             self.bind_role(namespace, name, rules).await;
         }
+        self.token(namespace, name).await
+    }
+
+    /// A token of the ServiceAccount `namespace/name` from the TokenRequest
+    /// API, as the kubelet gets one for a pod.
+    pub async fn token(&self, namespace: &str, name: &str) -> String {
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client().await, namespace);
         let request: TokenRequest =
             serde_json::from_value(serde_json::json!({ "spec": { "expirationSeconds": 3600 } })).expect("request");
-        let token = sas.create_token_request(name, &PostParams::default(), &request).await.expect("token request");
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|e| panic!("a token for the ServiceAccount {namespace}/{name}: {e}"));
         token.status.and_then(|s| s.token).expect("token in the TokenRequest status")
     }
 
