@@ -628,3 +628,105 @@ async fn two_replicas_one_status_writer_and_failover() {
     eventually(&survivor, "r.k8s.test", "/", "last good still serving", |s, _| s == 200).await;
     drop(survivor);
 }
+
+/// A Route of `ns` that answers `body` itself on `from` (and `prefix`).
+fn answering_route(ns: &str, name: &str, from: &str, prefix: &str, body: &str) -> String {
+    format!(
+        "apiVersion: postern.dev/v1alpha1\nkind: Route\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  from: {from}\n  prefix: {prefix}\n  response: {{status: 200, body: {body}}}\n  allowPublicUnauthenticatedAccess: true\n"
+    )
+}
+
+/// Waits (20 s at most) until the Route's Accepted condition says something `want` accepts.
+async fn accepted_until(
+    plane: &control_plane::ControlPlane,
+    ns: &str,
+    name: &str,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let message = accepted_message(plane, ns, name);
+        if want(&message) {
+            return message;
+        }
+        assert!(Instant::now() < deadline, "Route {ns}/{name}: Accepted says {message:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Objects are tenants' input (catalogue H): a host belongs to the namespace
+/// that served it first, references cannot leave the object's namespace,
+/// header values cannot smuggle CR/LF, and a huge or deeply nested
+/// annotation is refused without slowing the controller for anyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_are_input_hosts_stay_with_their_namespace_and_hostile_values_are_refused() {
+    let plane = control_plane::shared();
+    plane.install_route_crd();
+    let (a, b) = (plane.namespace("tenant-a").await, plane.namespace("tenant-b").await);
+    let client = plane.client().await;
+    let p = start_controller(plane, &format!("{a}, {b}"));
+    let kubectl_apply = |yaml: String| {
+        let (ok, out, err) = plane.kubectl(&["apply", "-f", "-"], Some(&yaml));
+        assert!(ok, "{out}{err}");
+    };
+
+    // Tenant a serves shared.k8s.test; tenant b, later, tries to add /admin
+    // to it with a Route and with an Ingress. Neither gets in; both are told
+    // why; b's own host is served.
+    kubectl_apply(answering_route(&a, "site", "https://shared.k8s.test", "/", "a"));
+    eventually(&p, "shared.k8s.test", "/", "tenant a served", |s, b| s == 200 && b == "a").await;
+    kubectl_apply(answering_route(&b, "grab", "https://shared.k8s.test", "/admin", "b"));
+    kubectl_apply(answering_route(&b, "own", "https://own.k8s.test", "/", "b-own"));
+    let ingresses_b: Api<Ingress> = Api::namespaced(client.clone(), &b);
+    create_service(&client, &b, "web", 80).await;
+    let public = json!({ "postern.dev/allow_public_unauthenticated_access": "true" });
+    apply(&ingresses_b, "grab", ingress("grab", "shared.k8s.test", "/admin", "web", public.clone())).await;
+    eventually(&p, "own.k8s.test", "/", "tenant b's own host", |s, body| s == 200 && body == "b-own").await;
+    for kind in ["Route", "Ingress"] {
+        let note = wait_for_event(plane, &b, kind, "grab", "HostConflict").await;
+        assert!(note.contains(&format!("served from namespace {a}")), "{kind}: {note}");
+    }
+    let (status, body) = eventually(&p, "shared.k8s.test", "/admin", "tenant a's answer", |s, _| s == 200).await;
+    assert_eq!((status, body.as_str()), (200, "a"), "tenant b took /admin on tenant a's host");
+
+    // A reference to another namespace's Service cannot be written: the
+    // Route schema has no namespace on a target.
+    let across = format!(
+        "apiVersion: postern.dev/v1alpha1\nkind: Route\nmetadata: {{name: across, namespace: {b}}}\nspec:\n  from: https://across.k8s.test\n  to: [{{service: {{name: web, namespace: {a}, port: 80}}}}]\n  allowPublicUnauthenticatedAccess: true\n"
+    );
+    let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&across));
+    assert!(!ok && err.contains("namespace"), "a cross-namespace target was accepted: {err}");
+
+    // CR/LF in a header value, from an annotation and from a Route.
+    let mut injected = public.clone();
+    injected["postern.dev/set_response_headers"] = json!("X-A: \"x\\r\\nSet-Cookie: stolen=1\"");
+    apply(&ingresses_b, "inject", ingress("inject", "inject.k8s.test", "/", "web", injected)).await;
+    let note = wait_for_event(plane, &b, "Ingress", "inject", "Invalid").await;
+    assert!(note.contains("metadata.annotations[postern.dev/set_response_headers]"), "{note}");
+    let route_injected = format!(
+        "apiVersion: postern.dev/v1alpha1\nkind: Route\nmetadata: {{name: inject, namespace: {b}}}\nspec:\n  from: https://inject-route.k8s.test\n  response: {{status: 200, body: x}}\n  allowPublicUnauthenticatedAccess: true\n  setResponseHeaders: {{X-A: \"x\\r\\nSet-Cookie: stolen=1\"}}\n"
+    );
+    kubectl_apply(route_injected);
+    let message = accepted_until(plane, &b, "inject", |m| !m.is_empty()).await;
+    assert!(message.contains("setResponseHeaders") || message.contains("set_response_headers"), "{message}");
+    let (status, _) = eventually(&p, "inject-route.k8s.test", "/", "not served", |s, _| s == 404).await;
+    assert_eq!(status, 404);
+
+    // A value over 64 KiB, and one nested 20,000 deep: refused by name,
+    // and a change to another object right after is live as fast as ever.
+    let mut huge = public.clone();
+    huge["postern.dev/allowed_users"] = json!(format!("[{}]", "\"u@example.com\",".repeat(5000)));
+    apply(&ingresses_b, "huge", ingress("huge", "huge.k8s.test", "/", "web", huge)).await;
+    let mut deep = public.clone();
+    deep["postern.dev/policy"] = json!(format!("{}{}", "[".repeat(20_000), "]".repeat(20_000)));
+    apply(&ingresses_b, "deep", ingress("deep", "deep.k8s.test", "/", "web", deep)).await;
+    let note = wait_for_event(plane, &b, "Ingress", "huge", "Invalid").await;
+    assert!(note.contains("metadata.annotations[postern.dev/allowed_users]"), "{note}");
+    let note = wait_for_event(plane, &b, "Ingress", "deep", "Invalid").await;
+    assert!(note.contains("metadata.annotations[postern.dev/policy]"), "{note}");
+    let started = Instant::now();
+    kubectl_apply(answering_route(&a, "site", "https://shared.k8s.test", "/", "a2"));
+    eventually(&p, "shared.k8s.test", "/", "tenant a's change", |s, b| s == 200 && b == "a2").await;
+    println!("after the hostile annotations, a change was live in {:?}", started.elapsed());
+    eventually(&p, "own.k8s.test", "/", "still serving", |s, body| s == 200 && body == "b-own").await;
+}

@@ -44,6 +44,8 @@ pub(crate) struct Assembly {
     on_host: HashMap<String, Vec<Key>>,
     hosts: imbl::OrdMap<String, HostRoutes>,
     conflicts: BTreeMap<String, Vec<Conflict>>,
+    /// The namespace each host belongs to (that of its oldest object).
+    owners: HashMap<String, String>,
     /// Hosts to assemble again.
     dirty: BTreeSet<String>,
     /// Some object's `spec.tls` changed since [`Assembly::take_tls_changed`].
@@ -123,7 +125,11 @@ impl Assembly {
     pub fn assemble(&mut self) -> bool {
         let mut changed = false;
         for host in std::mem::take(&mut self.dirty) {
-            let (routes, conflicts) = self.assemble_host(&host);
+            let (routes, conflicts, owner) = self.assemble_host(&host);
+            match owner {
+                Some(namespace) => self.owners.insert(host.clone(), namespace),
+                None => self.owners.remove(&host),
+            };
             if conflicts.is_empty() {
                 self.conflicts.remove(&host);
             } else {
@@ -159,7 +165,7 @@ impl Assembly {
     /// of the path rule (exact, longest prefix, regex, catch-all), then the
     /// older object. A host and path rule two objects both claim goes to
     /// the older.
-    fn assemble_host(&self, host: &str) -> (Vec<Arc<RouteSpec>>, Vec<Conflict>) {
+    fn assemble_host(&self, host: &str) -> (Vec<Arc<RouteSpec>>, Vec<Conflict>, Option<String>) {
         let mut all: Vec<(&Key, Option<&Time>, usize, &Ranked)> = Vec::new();
         for key in self.on_host.get(host).into_iter().flatten() {
             let Some(entry) = self.entries.get(key) else { continue };
@@ -177,20 +183,51 @@ impl Assembly {
                 .then(a.0.cmp(b.0))
                 .then(a.2.cmp(&b.2))
         });
+        // A host belongs to the namespace of its oldest object: objects in
+        // other namespaces cannot add paths to it, so one tenant cannot
+        // take over (or carve a path out of) a host another already serves.
+        // Creation times have one-second resolution: among objects created
+        // in the same second the namespace that already holds the host keeps
+        // it, so a newcomer cannot win a tie by its name.
+        let incumbent = self.owners.get(host);
+        let first = all.iter().min_by(|a, b| {
+            a.1.map(|t| t.0)
+                .cmp(&b.1.map(|t| t.0))
+                .then_with(|| (Some(&b.0.1) == incumbent).cmp(&(Some(&a.0.1) == incumbent)))
+                .then(a.0.cmp(b.0))
+        });
+        let owner = first.map(|f| f.0);
         let mut owners: HashMap<(&str, PathKey<'_>), &Key> = HashMap::new();
         let mut conflicts = Vec::new();
+        let mut outsiders: Vec<&Key> = Vec::new();
         let mut routes = Vec::with_capacity(all.len());
         for (key, _, _, r) in all {
+            if let Some(owner) = owner
+                && owner.1 != key.1
+            {
+                if !outsiders.contains(&key) {
+                    outsiders.push(key);
+                    conflicts.push(Conflict {
+                        loser: key.clone(),
+                        holder: owner.clone(),
+                        host: r.host.clone(),
+                        path: None,
+                    });
+                }
+                continue;
+            }
             let rule = (r.host.as_str(), path_key(&r.spec));
             match owners.get(&rule) {
                 Some(holder) if *holder != key => conflicts.push(Conflict {
                     loser: key.clone(),
                     holder: (*holder).clone(),
                     host: r.host.clone(),
-                    path: [&r.spec.path, &r.spec.prefix, &r.spec.segment_prefix, &r.spec.regex]
-                        .into_iter()
-                        .find_map(|p| p.clone())
-                        .unwrap_or("/".into()),
+                    path: Some(
+                        [&r.spec.path, &r.spec.prefix, &r.spec.segment_prefix, &r.spec.regex]
+                            .into_iter()
+                            .find_map(|p| p.clone())
+                            .unwrap_or("/".into()),
+                    ),
                 }),
                 Some(_) => routes.push(r.spec.clone()),
                 None => {
@@ -199,7 +236,7 @@ impl Assembly {
                 }
             }
         }
-        (routes, conflicts)
+        (routes, conflicts, owner.map(|o| o.1.clone()))
     }
 }
 
@@ -208,4 +245,89 @@ type PathKey<'a> = [Option<&'a str>; 4];
 
 fn path_key(spec: &RouteSpec) -> PathKey<'_> {
     [spec.path.as_deref(), spec.prefix.as_deref(), spec.regex.as_deref(), spec.segment_prefix.as_deref()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::k8s::object::Kind;
+
+    fn entry(created_secs: i64, routes: &[(&str, &str)]) -> Entry {
+        let time = k8s_openapi::jiff::Timestamp::from_second(created_secs).expect("time");
+        Entry {
+            created: Some(Time(time)),
+            good: Some(
+                routes
+                    .iter()
+                    .map(|(from, prefix)| {
+                        Ranked::new(RouteSpec {
+                            from: from.to_string(),
+                            prefix: Some(prefix.to_string()),
+                            ..Default::default()
+                        })
+                    })
+                    .collect(),
+            ),
+            services: Vec::new(),
+            tls: Vec::new(),
+        }
+    }
+
+    fn key(namespace: &str, name: &str) -> Key {
+        (Kind::Ingress, namespace.to_string(), name.to_string())
+    }
+
+    fn prefixes(assembly: &Assembly, host: &str) -> Vec<String> {
+        assembly.hosts().get(host).map_or(Vec::new(), |h| h.0.iter().filter_map(|s| s.prefix.clone()).collect())
+    }
+
+    #[test]
+    fn a_host_belongs_to_the_namespace_of_its_oldest_object() {
+        let mut assembly = Assembly::default();
+        assembly.put(key("team-a", "app"), entry(100, &[("https://app.test", "/")]));
+        assembly.put(key("team-a", "api"), entry(200, &[("https://app.test", "/api")]));
+        // Newer, in another namespace: a path of its own on team-a's host,
+        // and a host nobody else serves.
+        assembly.put(key("team-b", "grab"), entry(300, &[("https://app.test", "/admin"), ("https://b.test", "/")]));
+        assert!(assembly.assemble());
+        assert_eq!(prefixes(&assembly, "app.test"), ["/api", "/"], "team-b added nothing to team-a's host");
+        assert_eq!(prefixes(&assembly, "b.test"), ["/"], "its own host is served");
+        let conflicts = assembly.conflicts();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].loser, key("team-b", "grab"));
+        assert_eq!(conflicts[0].holder, key("team-a", "app"));
+        assert!(conflicts[0].note().contains("served from namespace team-a"), "{}", conflicts[0].note());
+
+        // The owner leaves: the host goes to the next oldest object's namespace.
+        assembly.remove(&key("team-a", "app"));
+        assembly.remove(&key("team-a", "api"));
+        assembly.assemble();
+        assert_eq!(prefixes(&assembly, "app.test"), ["/admin"]);
+        assert!(assembly.conflicts().is_empty());
+    }
+
+    #[test]
+    fn in_a_tie_of_creation_times_the_namespace_holding_the_host_keeps_it() {
+        let mut assembly = Assembly::default();
+        // `zz` sorts after `aa`, but it was there first.
+        assembly.put(key("zz", "site"), entry(100, &[("https://app.test", "/")]));
+        assembly.assemble();
+        assembly.put(key("aa", "grab"), entry(100, &[("https://app.test", "/admin")]));
+        assembly.assemble();
+        assert_eq!(prefixes(&assembly, "app.test"), ["/"]);
+        assert_eq!(assembly.conflicts()[0].loser, key("aa", "grab"));
+    }
+
+    #[test]
+    fn same_namespace_objects_share_a_host_and_the_older_keeps_a_path() {
+        let mut assembly = Assembly::default();
+        assembly.put(key("web", "old"), entry(100, &[("https://app.test", "/")]));
+        assembly.put(key("web", "new"), entry(200, &[("https://app.test", "/"), ("https://app.test", "/v2")]));
+        assembly.assemble();
+        assert_eq!(prefixes(&assembly, "app.test"), ["/v2", "/"]);
+        let conflicts = assembly.conflicts();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!((&conflicts[0].loser, &conflicts[0].holder), (&key("web", "new"), &key("web", "old")));
+        assert_eq!(conflicts[0].path.as_deref(), Some("/"));
+    }
 }

@@ -30,5 +30,25 @@ pub(crate) struct Conflict {
     pub loser: Key,
     pub holder: Key,
     pub host: String,
-    pub path: String,
+    /// The path rule both claim; `None`: the whole host, which belongs to
+    /// the holder's namespace.
+    pub path: Option<String>,
+}
+
+impl Conflict {
+    /// What the loser's Event says.
+    pub(crate) fn note(&self) -> String {
+        let (kind, namespace, name) = &self.holder;
+        match &self.path {
+            Some(path) => format!(
+                "host {} path {path} is already served by {kind:?} {namespace}/{name} (the older object keeps it)",
+                self.host
+            ),
+            None => format!(
+                "host {} is served from namespace {namespace} ({kind:?} {namespace}/{name} is the oldest object on it); \
+                 objects in other namespaces cannot add routes to it",
+                self.host
+            ),
+        }
+    }
 }

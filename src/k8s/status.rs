@@ -92,11 +92,14 @@ impl StatusWriter {
                 said.lock().unwrap_or_else(|p| p.into_inner()).insert(key, summary);
             }
             for c in conflicts {
-                let note = format!(
-                    "host {} path {} is already served by {:?} {}/{} (the older object keeps it)",
-                    c.host, c.path, c.holder.0, c.holder.1, c.holder.2
+                let note = c.note();
+                // One remembered note per host and path, so an object that
+                // loses two rules does not alternate between them.
+                let key = (
+                    c.loser.0,
+                    c.loser.1.clone(),
+                    format!("{}#conflict {} {}", c.loser.2, c.host, c.path.as_deref().unwrap_or("*")),
                 );
-                let key = (c.loser.0, c.loser.1.clone(), format!("{}#conflict", c.loser.2));
                 if said.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&note) {
                     continue;
                 }

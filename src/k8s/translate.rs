@@ -76,7 +76,7 @@ pub(crate) struct Ranked {
 }
 
 impl Ranked {
-    fn new(spec: RouteSpec) -> Self {
+    pub(crate) fn new(spec: RouteSpec) -> Self {
         let host = spec.from.split_once("://").map_or(spec.from.as_str(), |(_, h)| h).to_ascii_lowercase();
         Ranked { rank: rank(&spec), table_host: super::table_host(&host), host, spec: Arc::new(spec) }
     }
