@@ -28,6 +28,9 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod cors;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod k8s;
 pub(crate) mod policy;

@@ -14,7 +14,7 @@ mod assertion;
 pub(crate) mod endpoints;
 mod oidc;
 pub(crate) mod redirect;
-mod seal;
+pub(crate) mod seal;
 pub(crate) mod session;
 
 use std::collections::HashMap;

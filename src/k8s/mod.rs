@@ -7,7 +7,7 @@
 //! compile step, injected by the caller) before it counts as valid, so a
 //! bad object keeps its last valid version serving.
 
-mod annotations;
+pub(crate) mod annotations;
 mod assembly;
 mod backends;
 mod controller;
