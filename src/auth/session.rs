@@ -126,14 +126,26 @@ fn rebuild_cookie_without(headers: &mut HeaderMap, cookie_name: &str) {
     }
 }
 
-/// `x-postern-*` or `x-pomerium-*`, also spelled with underscores: CGI,
-/// WSGI, Rack and PHP upstreams read `X_Postern_Jwt_Assertion` as the same
+/// `x-postern-*` or `x-pomerium-*`, and the identity headers other
+/// identity-aware proxies set (oauth2-proxy's `X-Forwarded-User`,
+/// `X-Forwarded-Email`, ... and `X-Auth-Request-*`): an app moved behind
+/// Postern may still read those, and Postern never sets them, so a client
+/// that sends one is forging it. Also spelled with underscores: CGI, WSGI,
+/// Rack and PHP upstreams read `X_Postern_Jwt_Assertion` as the same
 /// variable as `X-Postern-Jwt-Assertion`. Names are lowercase (hyper).
 fn is_identity_header(name: &str) -> bool {
+    const PREFIXES: [&str; 3] = ["x-postern-", "x-pomerium-", "x-auth-request-"];
+    const NAMES: [&str; 5] = [
+        "x-forwarded-user",
+        "x-forwarded-email",
+        "x-forwarded-groups",
+        "x-forwarded-preferred-username",
+        "x-forwarded-access-token",
+    ];
     let dash = |b: u8| if b == b'_' { b'-' } else { b };
-    ["x-postern-", "x-pomerium-"]
-        .iter()
-        .any(|prefix| name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, p)| dash(a) == p))
+    let starts =
+        |prefix: &str| name.len() >= prefix.len() && name.bytes().zip(prefix.bytes()).all(|(a, p)| dash(a) == p);
+    PREFIXES.iter().any(|p| starts(p)) || NAMES.iter().any(|n| name.len() == n.len() && starts(n))
 }
 
 /// Attributes of one cookie Postern sets. For a route host's session
@@ -257,6 +269,26 @@ mod tests {
         strip_credentials(&mut h, "_postern", false);
         assert!(h.get("cookie").is_none());
         assert_eq!(h["authorization"], "Basic x");
+    }
+
+    #[test]
+    fn other_proxies_identity_headers_are_stripped_and_forwarding_headers_kept() {
+        let mut h = headers(&[
+            ("x-forwarded-user", "mallory"),
+            ("x_forwarded_email", "mallory@example.com"),
+            ("x-forwarded-groups", "admins"),
+            ("x-forwarded-preferred-username", "mallory"),
+            ("x-forwarded-access-token", "t"),
+            ("x-auth-request-email", "mallory@example.com"),
+            ("x_auth_request_user", "mallory"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "app.example.com"),
+            ("x-forwarded-username", "kept: not a name any proxy sets"),
+        ]);
+        strip_credentials(&mut h, "_postern", false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["x-forwarded-for", "x-forwarded-host", "x-forwarded-username"]);
     }
 
     #[test]

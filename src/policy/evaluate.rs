@@ -41,12 +41,21 @@ impl<'a> Context<'a> {
         Context {
             identity: req.identity,
             email,
-            domain: email.and_then(|e| e.rsplit_once('@')).map(|(_, d)| d),
+            domain: email.and_then(email_domain),
             method: req.method,
             path: req.path,
             cors_preflight: req.cors_preflight,
         }
     }
+}
+
+/// The domain of an email with exactly one `@` and text on both sides.
+/// `a@evil.com@corp.com` has none: taking the part after the last `@`
+/// would let such an IdP account pass a `corp.com` domain rule
+/// (oauth2-proxy CVE-2026-40574).
+fn email_domain(email: &str) -> Option<&str> {
+    let (local, domain) = email.split_once('@')?;
+    (!local.is_empty() && !domain.is_empty() && !domain.contains('@')).then_some(domain)
 }
 
 impl Expr {

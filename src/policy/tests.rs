@@ -626,3 +626,31 @@ fn folded_set_lookup() {
     assert!(set_contains(&exact, "B", false));
     assert!(!set_contains(&exact, "b", false));
 }
+
+#[test]
+fn an_email_with_two_ats_or_an_empty_part_has_no_domain() {
+    let policy = Policy::compile(&PolicySpec { allowed_domains: &strings(&["corp.com"]), ..PolicySpec::default() })
+        .expect("compiles");
+    for email in ["a@evil.com@corp.com", "@corp.com", "a@@corp.com", "corp.com"] {
+        let who = Identity {
+            subject: "s".into(),
+            email: Some(email.into()),
+            email_verified: true,
+            name: None,
+            groups: vec![],
+            claims: Map::new(),
+        };
+        let req = Request { identity: Some(&who), method: "GET", path: "/", cors_preflight: false };
+        assert_eq!(policy.evaluate(&req), Deny, "{email}");
+    }
+    let ok = Identity {
+        subject: "s".into(),
+        email: Some("a@Corp.com".into()),
+        email_verified: true,
+        name: None,
+        groups: vec![],
+        claims: Map::new(),
+    };
+    let req = Request { identity: Some(&ok), method: "GET", path: "/", cors_preflight: false };
+    assert_eq!(policy.evaluate(&req), Allow);
+}
