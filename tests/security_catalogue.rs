@@ -1,0 +1,973 @@
+//! The security catalogue (issue 17), family by family: each test sends the
+//! hostile inputs of one family (or a small group) to a running Postern,
+//! raw over TLS where a client library would refuse to send them, and
+//! checks the safe behaviour, that nothing reached an upstream that should
+//! not have, and that Postern still serves afterwards.
+//!
+//! Family numbers are those of the catalogue; `docs/security-catalogue.md`
+//! maps all 62 of them to tests, and [`the_map_names_real_tests_and_every_family`]
+//! keeps that map honest. Every test prints one `catalogue:` line with the
+//! cases it tried, how many were refused, and how many were forwarded when
+//! they should not have been (always 0, or the test fails).
+
+#[path = "support/auth_env.rs"]
+mod auth_env;
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::Postern;
+use support::upstream::{Upstream, tls_connect};
+
+// ---------------------------------------------------------------------------
+// Harness: counts, raw TLS requests, configs
+// ---------------------------------------------------------------------------
+
+/// Cases of one test: hostile inputs sent, refused, and forwarded when they
+/// should not have been.
+struct Tally {
+    family: &'static str,
+    tried: u32,
+    refused: u32,
+    leaked: Vec<String>,
+}
+
+impl Tally {
+    fn new(family: &'static str) -> Tally {
+        Tally { family, tried: 0, refused: 0, leaked: Vec::new() }
+    }
+
+    /// One hostile input: `refused` when Postern did not act on it,
+    /// `leaked` (with a description) when something reached an upstream
+    /// that should not have.
+    fn case(&mut self, what: &str, refused: bool, leaked: bool) {
+        self.tried += 1;
+        if refused {
+            self.refused += 1;
+        }
+        if leaked {
+            self.leaked.push(what.to_string());
+        }
+    }
+
+    /// Prints the line and fails on any leak.
+    fn finish(self) {
+        println!(
+            "catalogue: {}: tried {}, refused {}, forwarded-when-they-should-not {}",
+            self.family,
+            self.tried,
+            self.refused,
+            self.leaked.len()
+        );
+        assert!(self.leaked.is_empty(), "{}: forwarded when they should not have been: {:?}", self.family, self.leaked);
+    }
+}
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head
+            .split("\r\n")
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    }
+
+    fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends `request` as is over TLS (SNI `sni`, HTTP/1.1) and reads until the
+/// server closes or 10 s pass; `None` if no response head came back (the
+/// connection was closed on us).
+async fn raw_tls(addr: SocketAddr, sni: &str, request: &[u8]) -> Option<Raw> {
+    let mut tls = tls_connect(addr, sni, &[b"http/1.1"]).await.expect("TLS to Postern");
+    tls.write_all(request).await.expect("write request");
+    tls.flush().await.expect("flush");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tls.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+        // One response is enough: stop at the end of its body.
+        if complete(&buf) {
+            break;
+        }
+    }
+    parse(&buf)
+}
+
+/// Whether `buf` holds a whole response (by Content-Length, or chunked end).
+fn complete(buf: &[u8]) -> bool {
+    let Some(split) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+    let head = String::from_utf8_lossy(&buf[..split]).to_ascii_lowercase();
+    let body = &buf[split + 4..];
+    if let Some(len) = head.lines().find_map(|l| l.strip_prefix("content-length:")) {
+        return len.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with(b"0\r\n\r\n")
+}
+
+fn parse(buf: &[u8]) -> Option<Raw> {
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    Some(Raw { status, head, body: buf[split + 4..].to_vec() })
+}
+
+/// A GET with extra raw header lines (each ending in CRLF).
+fn get(host: &str, target: &str, extra: &str) -> Vec<u8> {
+    format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n").into_bytes()
+}
+
+/// Postern still routes: a public route answers through its upstream.
+async fn still_serves(p: &Postern, up: &Upstream, host: &str) {
+    let before = up.seen().len();
+    let resp = p.client().get(p.url(host, "/still-serving")).send().await.expect("Postern still answers");
+    assert_eq!(resp.status(), 200, "Postern still serves {host}");
+    assert_eq!(up.seen().len(), before + 1, "and forwards to the upstream");
+}
+
+fn public(from: &str, to: &str, extra: &str) -> String {
+    format!("  - from: {from}\n    to: {to}\n    allow_public_unauthenticated_access: true\n{extra}")
+}
+
+fn protected(from: &str, to: &str, extra: &str) -> String {
+    format!("  - from: {from}\n    to: {to}\n    allowed_users: [alice@example.com]\n{extra}")
+}
+
+/// Settings that turn sign-in on against an IdP that does not answer: for
+/// the pre-authentication inputs, which must be refused before any IdP work.
+fn dead_idp_settings() -> String {
+    let port = support::free_port();
+    format!(
+        "authenticate_service_url: https://authenticate.example.com\nidp_provider: oidc\n\
+         idp_provider_url: http://127.0.0.1:{port}\nidp_client_id: postern\nidp_client_secret: secret\n\
+         cookie_secret: {}\n",
+        auth_env::COOKIE_SECRET
+    )
+}
+
+// ---------------------------------------------------------------------------
+// A. Route, policy and upstream agree
+// ---------------------------------------------------------------------------
+
+/// A.8 (Istio CVE-2021-39155): `Httpbin.Foo`, `host.`, `host:port`: host
+/// matching is case-insensitive and port-normalized in the router and in
+/// policy alike, so a spelling of a protected host never reaches a public
+/// route or the upstream without a session.
+#[tokio::test]
+async fn host_spellings_match_the_same_route_and_the_same_policy() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "routes:\n{}{}",
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let port = p.addr.port();
+    let mut tally = Tally::new("A.8 host spellings");
+    for host in [
+        "APP.EXAMPLE.COM".to_string(),
+        "App.Example.Com".into(),
+        "app.example.com.".into(),
+        "APP.example.com.".into(),
+        format!("app.example.com:{port}"),
+        format!("App.Example.COM.:{port}"),
+        "app.example.com:443".into(),
+        "app.example.com:00443".into(),
+    ] {
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, "app.example.com", &get(&host, "/secret", "")).await;
+        let status = r.as_ref().map_or(0, |r| r.status);
+        let forwarded = up.seen().len() > before;
+        // 401 from the policy of the protected route, or a 400/404 for a
+        // spelling Postern refuses outright; never the upstream.
+        tally.case(&host, status != 200, forwarded);
+        assert!(matches!(status, 0 | 400 | 401 | 404 | 421), "{host}: {status}");
+    }
+    // The same spellings of the public host reach its route (the router
+    // agrees with itself), so the refusals above are the policy's.
+    for host in ["PUB.EXAMPLE.COM".to_string(), "pub.example.com.".into(), format!("Pub.Example.Com:{port}")] {
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, "pub.example.com", &get(&host, "/open", "")).await.expect("a response");
+        assert_eq!(r.status, 200, "{host}: {}", r.head);
+        assert_eq!(up.seen().len(), before + 1, "{host}");
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+/// A.10 (Pomerium CVE-2022-24797): `/metrics`, `/debug/pprof` and the other
+/// admin paths are not on the public listener; they live on
+/// `metrics_address` only.
+#[tokio::test]
+async fn admin_and_debug_paths_are_not_on_the_public_listener() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "metrics_address: 127.0.0.1:0\nroutes:\n{}{}",
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("A.10 admin paths");
+    let paths = [
+        "/metrics",
+        "/healthz",
+        "/readyz",
+        "/debug/pprof/",
+        "/debug/pprof/heap",
+        "/debug/vars",
+        "/.postern/metrics",
+        "/.postern/debug",
+        "/stats",
+        "/server_info",
+        "/config_dump",
+    ];
+    for path in paths {
+        for host in ["app.example.com", "unknown.example.com", "127.0.0.1"] {
+            let before = up.seen().len();
+            let r = raw_tls(p.addr, "app.example.com", &get(host, path, "")).await;
+            let forwarded = up.seen().len() > before;
+            let text = r.as_ref().map(Raw::body_text).unwrap_or_default();
+            let admin = text.contains("postern_http_requests_total") || text.trim() == "ok" || text.contains("ready");
+            let what = format!("{host}{path}");
+            tally.case(&what, !admin, forwarded);
+            assert!(!admin, "{what}: the public listener answered an admin path: {text}");
+        }
+        // On a public route the path is the app's: it goes to the upstream,
+        // never to Postern's admin handler (`/.postern/` is Postern's own
+        // endpoint prefix on every route host, which has no admin paths).
+        let r = raw_tls(p.addr, "pub.example.com", &get("pub.example.com", path, "")).await.expect("a response");
+        assert!(!r.body_text().contains("postern_http_requests_total"), "{path} on a public route");
+        if !path.starts_with("/.postern/") {
+            assert_eq!(r.header("x-upstream").as_deref(), Some("up"), "{path} on a public route is the upstream's");
+        } else {
+            assert!(matches!(r.status, 400 | 404), "{path}: {}", r.head);
+        }
+    }
+    // The admin listener itself works.
+    let (status, body) = support::get_plain(p.metrics.expect("metrics listener"), "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("postern_"), "{body}");
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+/// A.11 (oauth2-proxy CVE-2026-34457): a health-check `User-Agent` on a
+/// protected path does not skip authentication; nothing skips it by a
+/// header alone.
+#[tokio::test]
+async fn a_health_check_user_agent_does_not_skip_authentication() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "routes:\n{}{}",
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("A.11 health-check user agents");
+    let agents = [
+        "kube-probe/1.31",
+        "GoogleHC/1.0",
+        "ELB-HealthChecker/2.0",
+        "Amazon-Route53-Health-Check-Service",
+        "Consul Health Check",
+        "Envoy/HC",
+        "oauth2-proxy health check",
+    ];
+    for agent in agents {
+        for path in ["/", "/ping", "/healthz", "/readyz", "/admin"] {
+            let before = up.seen().len();
+            let r =
+                raw_tls(p.addr, "app.example.com", &get("app.example.com", path, &format!("User-Agent: {agent}\r\n")))
+                    .await
+                    .expect("a response");
+            let forwarded = up.seen().len() > before;
+            tally.case(&format!("{agent} {path}"), r.status == 401, forwarded);
+            assert_eq!(r.status, 401, "{agent} {path}: {}", r.head);
+        }
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+// ---------------------------------------------------------------------------
+// B. Header trust
+// ---------------------------------------------------------------------------
+
+/// B.12 (oauth2-proxy CVE-2026-40575 and its incomplete fix CVE-2026-76835;
+/// Envoy CVE-2023-27487, CVE-2024-45806): `X-Original-URL`,
+/// `X-Rewrite-URL`, `x-envoy-original-path`, `X-Forwarded-Uri/Host/Proto`,
+/// `X-Original-Method` from a client (the default trust set is empty) do
+/// not change which route or policy applies, nor what the upstream is told.
+#[tokio::test]
+async fn rewrite_and_forwarded_headers_from_a_client_do_not_steer_routing_or_policy() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "routes:\n{}{}{}",
+        public("https://app.example.com", &up.url(), "    prefix: /public\n"),
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("B.12 rewrite and forwarded headers");
+    let steering = [
+        "X-Original-URL: /public",
+        "X-Rewrite-URL: /public",
+        "x-envoy-original-path: /public",
+        "X-Forwarded-Uri: /public",
+        "X-Forwarded-Prefix: /public",
+        "X-Forwarded-Path: /public",
+        "X-Forwarded-Host: pub.example.com",
+        "X-Forwarded-Server: pub.example.com",
+        "X-Host: pub.example.com",
+        "Forwarded: host=pub.example.com;proto=https",
+        "X-Forwarded-Proto: http",
+        "X-Forwarded-Scheme: http",
+        "X-Forwarded-Port: 80",
+        "X-Original-Method: OPTIONS",
+        "X-HTTP-Method-Override: OPTIONS",
+        "X-Forwarded-For: 10.0.0.1",
+        "X-Real-IP: 10.0.0.1",
+        "X-Envoy-Internal: true",
+    ];
+    for line in steering {
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, "app.example.com", &get("app.example.com", "/admin", &format!("{line}\r\n")))
+            .await
+            .expect("a response");
+        let forwarded = up.seen().len() > before;
+        tally.case(line, r.status == 401, forwarded);
+        assert_eq!(r.status, 401, "{line}: {}", r.head);
+    }
+    let all: String = steering.iter().map(|l| format!("{l}\r\n")).collect();
+    let before = up.seen().len();
+    let r = raw_tls(p.addr, "app.example.com", &get("app.example.com", "/admin", &all)).await.expect("a response");
+    tally.case("all at once", r.status == 401, up.seen().len() > before);
+    assert_eq!(r.status, 401);
+
+    // On the public path the request is forwarded as it was addressed, and
+    // the forwarded headers are Postern's, not the client's.
+    let r = raw_tls(p.addr, "app.example.com", &get("app.example.com", "/public/x", &all)).await.expect("a response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    let seen = up.last();
+    assert_eq!(seen.target, "/public/x");
+    let h = |n: &str| seen.headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(h("x-forwarded-for").as_deref(), Some("127.0.0.1"), "{:?}", seen.headers);
+    assert_eq!(h("x-forwarded-proto").as_deref(), Some("https"));
+    assert!(h("x-forwarded-host").is_some_and(|v| v.starts_with("app.example.com")), "{:?}", seen.headers);
+    assert_eq!(h("forwarded"), None);
+    assert_eq!(h("x-real-ip"), None);
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+/// B.13, B.14, B.15 (oauth2-proxy PR #624, CVE-2025-64484; Pomerium's
+/// threat model): identity headers a client sends, in any spelling
+/// (`X_Forwarded_User`, `x-FORWARDED-user`), and Postern's session cookie
+/// never reach the upstream, on public routes and on forwarded CORS
+/// preflights too (the signed-in cases are in
+/// `auth_attacks::client_sent_identity_headers_never_reach_the_upstream`).
+#[tokio::test]
+async fn identity_headers_and_the_session_cookie_are_stripped_on_public_and_preflight_routes() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "routes:\n{}{}",
+        public("https://pub.example.com", &up.url(), ""),
+        protected("https://api.example.com", &up.url(), "    cors_allow_preflight: true\n"),
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("B.13-B.15 identity headers and cookie");
+    let forged = [
+        "X-Postern-Jwt-Assertion",
+        "X-Pomerium-Jwt-Assertion",
+        "X_Postern_Jwt_Assertion",
+        "x-pomerium_claim-email",
+        "X-Postern-User",
+        "X-Forwarded-User",
+        "x-FORWARDED-user",
+        "X_Forwarded_User",
+        "X-Forwarded-Email",
+        "X_Forwarded_Email",
+        "X-Forwarded-Groups",
+        "X-Forwarded-Preferred-Username",
+        "X-Forwarded-Access-Token",
+        "X-Auth-Request-User",
+        "X-Auth-Request-Email",
+        "X_Auth_Request_Email",
+        "X-Auth-Request-Groups",
+        "X-Auth-Request-Access-Token",
+    ];
+    let lines: String = forged.iter().map(|n| format!("{n}: mallory@example.com\r\n")).collect();
+    let cookie = format!("Cookie: theme=dark; {}=forged-session; lang=en\r\n", auth_env::COOKIE_NAME);
+    let requests = [
+        ("public GET", "pub.example.com", get("pub.example.com", "/h", &format!("{lines}{cookie}"))),
+        (
+            "forwarded preflight",
+            "api.example.com",
+            format!(
+                "OPTIONS /h HTTP/1.1\r\nHost: api.example.com\r\nOrigin: https://app.example.com\r\n\
+                 Access-Control-Request-Method: POST\r\n{lines}{cookie}Connection: close\r\n\r\n"
+            )
+            .into_bytes(),
+        ),
+    ];
+    for (what, sni, request) in requests {
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, sni, &request).await.expect("a response");
+        assert!(r.status < 300, "{what}: {}", r.head);
+        assert_eq!(up.seen().len(), before + 1, "{what} is forwarded");
+        let seen = up.last();
+        for name in forged {
+            let normal = name.to_ascii_lowercase().replace('_', "-");
+            let reached = seen.headers.keys().any(|k| k.as_str().replace('_', "-") == normal);
+            tally.case(&format!("{what}: {name}"), !reached, reached);
+        }
+        let cookies: Vec<&str> = seen.headers.get_all("cookie").iter().filter_map(|v| v.to_str().ok()).collect();
+        let leaked = cookies.iter().any(|c| c.contains(auth_env::COOKIE_NAME));
+        tally.case(&format!("{what}: session cookie"), !leaked, leaked);
+        assert_eq!(cookies.join("; "), "theme=dark; lang=en", "{what}: the app's own cookies stay");
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+/// B.17 (Envoy CVE-2023-27493, CVE-2019-9900): header values with CR, LF or
+/// NUL are refused where Postern builds headers from configuration (a
+/// route's `set_request_headers`, `set_response_headers`); claims reach
+/// upstreams only inside the signed assertion (base64url), never raw.
+#[tokio::test]
+async fn header_values_with_cr_lf_or_nul_are_refused() {
+    let up = Upstream::start("up").await;
+    let mut tally = Tally::new("B.17 CR/LF/NUL header values");
+    let bad = [
+        ("set_request_headers", "\"a\\r\\nX-Injected: 1\""),
+        ("set_request_headers", "\"a\\nX-Injected: 1\""),
+        ("set_request_headers", "\"a\\u0000b\""),
+        ("set_response_headers", "\"a\\r\\nSet-Cookie: evil=1\""),
+        ("set_response_headers", "\"a\\rb\""),
+    ];
+    let mut routes = String::new();
+    for (i, (field, value)) in bad.iter().enumerate() {
+        routes.push_str(&public(
+            &format!("https://bad{i}.example.com"),
+            &up.url(),
+            &format!("    {field}:\n      X-Team: {value}\n"),
+        ));
+    }
+    routes.push_str(&public("https://pub.example.com", &up.url(), ""));
+    let p = Postern::start(&format!("routes:\n{routes}"));
+    for (i, (field, value)) in bad.iter().enumerate() {
+        let host = format!("bad{i}.example.com");
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, &host, &get(&host, "/", "")).await;
+        let forwarded = up.seen().len() > before;
+        let injected = r.as_ref().is_some_and(|r| {
+            let head = r.head.to_ascii_lowercase();
+            head.contains("x-injected") || head.contains("evil=1")
+        });
+        let status = r.as_ref().map_or(0, |r| r.status);
+        tally.case(&format!("{field} {value}"), status != 200, forwarded || injected);
+        assert_eq!(status, 404, "{host}: the route with {field} {value} is left out");
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+/// B.18 (Envoy CVE-2024-23326): an upstream that answers an Upgrade request
+/// with 200 instead of 101 does not get a tunnel: the next request on the
+/// client's connection is parsed as HTTP again and routed on its own,
+/// never written raw to the first upstream's socket.
+#[tokio::test]
+async fn an_upgrade_answered_with_200_does_not_become_a_tunnel() {
+    // An upstream that answers everything with 200 and records raw bytes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let fake = listener.local_addr().expect("addr");
+    let bytes = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let record = bytes.clone();
+    let task = tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let deadline = Instant::now() + Duration::from_secs(10);
+                let mut answered = false;
+                while Instant::now() < deadline {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    match tokio::time::timeout(left, s.read(&mut buf)).await {
+                        Ok(Ok(n)) if n > 0 => {
+                            record.lock().expect("lock").extend_from_slice(&buf[..n]);
+                            if !answered {
+                                answered = true;
+                                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                            }
+                        }
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    let other = Upstream::start("other").await;
+    let config = format!(
+        "routes:\n{}{}",
+        public("https://ws.example.com", &format!("http://{fake}"), "    allow_websockets: true\n"),
+        public("https://other.example.com", &other.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("B.18 upgrade answered 200");
+    let upgrade = "GET /chat HTTP/1.1\r\nHost: ws.example.com\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: other.example.com\r\nConnection: close\r\n\r\n";
+    let mut tls = tls_connect(p.addr, "ws.example.com", &[b"http/1.1"]).await.expect("TLS");
+    tls.write_all(upgrade.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !complete(&buf) && Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tls.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let first = parse(&buf).expect("a response to the upgrade");
+    assert_eq!(first.status, 200, "{}", first.head);
+    // The next bytes: a second request, which a tunnel would pass raw.
+    let _ = tls.write_all(smuggled.as_bytes()).await;
+    let mut rest = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tls.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let raw_seen = String::from_utf8_lossy(&bytes.lock().expect("lock")).into_owned();
+    let tunnelled = raw_seen.contains("/smuggled");
+    // Either Postern closed the connection or it routed the second request
+    // to its own route; the first upstream never saw it.
+    let second = parse(&rest);
+    if let Some(second) = &second {
+        assert_eq!(second.header("x-upstream").as_deref(), Some("other"), "{}", second.head);
+    }
+    tally.case("request after a 200 to Upgrade", !tunnelled, tunnelled);
+    assert!(!tunnelled, "the bytes after a refused upgrade were tunnelled: {raw_seen}");
+    still_serves(&p, &other, "other.example.com").await;
+    task.abort();
+    tally.finish();
+}
+
+// ---------------------------------------------------------------------------
+// C. Denial of service before authentication
+// ---------------------------------------------------------------------------
+
+/// C.23 (Pomerium CVE-2026-50285) and C.24 (Envoy CVE-2023-27496,
+/// CVE-2025-64527; Pomerium CVE-2021-39162): oversized or missing
+/// pre-authentication inputs (state, sign-in request, callback token,
+/// session cookie, two `Authorization` headers while the IdP is down) are
+/// refused with an error response quickly, without IdP work, and never
+/// crash Postern.
+#[tokio::test]
+async fn oversized_or_missing_sign_in_inputs_are_refused_quickly() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "{}routes:\n{}{}",
+        dead_idp_settings(),
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("C.23-C.24 pre-auth inputs");
+    let big = "A".repeat(60 * 1024);
+    let junk = "eyJ".repeat(2 * 1024);
+    let cases: Vec<(&str, &str, Vec<u8>)> = vec![
+        (
+            "callback without state or code",
+            "authenticate.example.com",
+            get("authenticate.example.com", "/oauth2/callback", ""),
+        ),
+        (
+            "callback without code",
+            "authenticate.example.com",
+            get("authenticate.example.com", "/oauth2/callback?state=abc", ""),
+        ),
+        (
+            "callback without state",
+            "authenticate.example.com",
+            get("authenticate.example.com", "/oauth2/callback?code=abc", ""),
+        ),
+        (
+            "callback with empty state",
+            "authenticate.example.com",
+            get("authenticate.example.com", "/oauth2/callback?state=&code=", ""),
+        ),
+        (
+            "callback with an IdP error",
+            "authenticate.example.com",
+            get("authenticate.example.com", "/oauth2/callback?error=access_denied&state=x", ""),
+        ),
+        (
+            "60 KiB state",
+            "authenticate.example.com",
+            get("authenticate.example.com", &format!("/oauth2/callback?code=c&state={big}"), ""),
+        ),
+        (
+            "6 KiB junk state",
+            "authenticate.example.com",
+            get("authenticate.example.com", &format!("/oauth2/callback?code=c&state={junk}"), ""),
+        ),
+        (
+            "60 KiB sign-in request",
+            "authenticate.example.com",
+            get("authenticate.example.com", &format!("/.postern/sign_in?r={big}"), ""),
+        ),
+        (
+            "sign-in without a request",
+            "authenticate.example.com",
+            get("authenticate.example.com", "/.postern/sign_in", ""),
+        ),
+        (
+            "sign-out junk request",
+            "authenticate.example.com",
+            get("authenticate.example.com", &format!("/.postern/sign_out?r={junk}"), ""),
+        ),
+        (
+            "60 KiB callback token",
+            "app.example.com",
+            get("app.example.com", &format!("/.postern/callback?token={big}"), ""),
+        ),
+        ("callback without a token", "app.example.com", get("app.example.com", "/.postern/callback", "")),
+        (
+            "6 KiB junk session cookie",
+            "app.example.com",
+            get("app.example.com", "/", &format!("Cookie: _postern={junk}\r\n")),
+        ),
+        (
+            "60 KiB session cookie",
+            "app.example.com",
+            get("app.example.com", "/", &format!("Cookie: _postern={big}\r\n")),
+        ),
+        (
+            "two Authorization headers, IdP down",
+            "app.example.com",
+            get("app.example.com", "/", &format!("Authorization: Bearer {junk}\r\nAuthorization: Pomerium x.y.z\r\n")),
+        ),
+        (
+            "token header junk",
+            "app.example.com",
+            get("app.example.com", "/", &format!("X-Pomerium-Authorization: {junk}\r\n")),
+        ),
+    ];
+    for (what, sni, request) in cases {
+        let before = up.seen().len();
+        let started = Instant::now();
+        let r = raw_tls(p.addr, sni, &request).await;
+        let took = started.elapsed();
+        let status = r.as_ref().map_or(0, |r| r.status);
+        let forwarded = up.seen().len() > before;
+        // A 4xx (or the connection closed for a head over the limit),
+        // never a 5xx from trying the IdP, never a redirect to it.
+        let refused = status == 0 || (400..500).contains(&status);
+        tally.case(what, refused, forwarded);
+        assert!(refused, "{what}: {status} {:?}", r.map(|r| r.head));
+        assert!(took < Duration::from_secs(3), "{what} took {took:?}");
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+// ---------------------------------------------------------------------------
+// D. Sign-in and sign-out redirects
+// ---------------------------------------------------------------------------
+
+/// D.26 (Pomerium CVE-2021-29651, PR #6358): sign-out ignores redirect
+/// URIs the caller supplies, on the route host and on the authenticate
+/// host, and never sends the browser (or a token) off the configured hosts.
+#[tokio::test]
+async fn sign_out_ignores_caller_supplied_redirect_uris() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "{}routes:\n{}{}",
+        dead_idp_settings(),
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("D.26 sign-out redirects");
+    let evil = "https%3A%2F%2Fevil.example.net%2Fsteal";
+    let params = ["redirect_uri", "pomerium_redirect_uri", "post_logout_redirect_uri", "return_to", "rd", "next"];
+    let off_host = |location: &str| {
+        !(location.starts_with('/')
+            || location.starts_with("https://authenticate.example.com")
+            || location.starts_with("https://app.example.com"))
+            || location.contains("evil.example.net")
+    };
+    let mut sealed = None;
+    for param in params {
+        let form = format!("{param}={evil}");
+        let request = format!(
+            "POST /.postern/sign_out?{param}={evil} HTTP/1.1\r\nHost: app.example.com\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
+        );
+        let r = raw_tls(p.addr, "app.example.com", request.as_bytes()).await.expect("a response");
+        let location = r.header("location").unwrap_or_default();
+        tally.case(&format!("route host sign-out {param}"), !off_host(&location), off_host(&location));
+        assert_eq!(r.status, 302, "{param}: {}", r.head);
+        assert!(location.starts_with("https://authenticate.example.com/.postern/sign_out?r="), "{param}: {location}");
+        sealed = Some(location);
+    }
+    // The authenticate host's step, with the same parameters appended.
+    let sealed = sealed.expect("a sign-out hand-off");
+    let path = sealed.trim_start_matches("https://authenticate.example.com");
+    for param in params {
+        let target = format!("{path}&{param}={evil}");
+        let r = raw_tls(p.addr, "authenticate.example.com", &get("authenticate.example.com", &target, ""))
+            .await
+            .expect("a response");
+        let location = r.header("location").unwrap_or_default();
+        tally.case(&format!("authenticate host sign-out {param}"), !off_host(&location), off_host(&location));
+        assert_eq!(r.status, 302, "{param}: {}", r.head);
+        assert!(!location.contains("evil"), "{param}: {location}");
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+// ---------------------------------------------------------------------------
+// G. CORS
+// ---------------------------------------------------------------------------
+
+/// G.46 (Pomerium #78, `cors-preflight.spec.ts`; oauth2-proxy #735) and
+/// G.49 (Envoy CVE-2023-35943): only an OPTIONS with both `Origin` and
+/// `Access-Control-Request-Method` skips authentication; a plain OPTIONS,
+/// a GET carrying `X-Original-Method: OPTIONS` and odd `Origin` headers
+/// (empty, two of them, not UTF-8, 8 KiB) go through normal
+/// authentication, and Postern's own preflight answer carries no
+/// upstream data.
+#[tokio::test]
+async fn only_real_preflights_skip_authentication_and_odd_origins_do_not_crash() {
+    let up = Upstream::start("up").await;
+    let cors = "    cors:\n      allow_origins: [https://app.example.com]\n      allow_methods: [GET, POST]\n      allow_credentials: true\n";
+    let config = format!(
+        "routes:\n{}{}",
+        protected("https://api.example.com", &up.url(), cors),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("G.46/G.49 preflight and odd origins");
+    let origin = "Origin: https://app.example.com\r\n";
+    let hostile: Vec<(&str, Vec<u8>)> = vec![
+        ("plain OPTIONS", b"OPTIONS /data HTTP/1.1\r\nHost: api.example.com\r\nConnection: close\r\n\r\n".to_vec()),
+        (
+            "OPTIONS with Origin only",
+            format!("OPTIONS /data HTTP/1.1\r\nHost: api.example.com\r\n{origin}Connection: close\r\n\r\n").into_bytes(),
+        ),
+        (
+            "OPTIONS with the method header only",
+            b"OPTIONS /data HTTP/1.1\r\nHost: api.example.com\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n".to_vec(),
+        ),
+        ("GET with X-Original-Method: OPTIONS", get("api.example.com", "/data", &format!("{origin}X-Original-Method: OPTIONS\r\nAccess-Control-Request-Method: POST\r\n"))),
+        ("GET with X-HTTP-Method-Override", get("api.example.com", "/data", &format!("{origin}X-HTTP-Method-Override: OPTIONS\r\n"))),
+        ("POST with the preflight headers", format!("POST /data HTTP/1.1\r\nHost: api.example.com\r\n{origin}Access-Control-Request-Method: POST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").into_bytes()),
+        ("empty Origin", get("api.example.com", "/data", "Origin: \r\n")),
+        ("two Origins", get("api.example.com", "/data", "Origin: https://app.example.com\r\nOrigin: https://evil.example.net\r\n")),
+        ("non-UTF-8 Origin", [&b"GET /data HTTP/1.1\r\nHost: api.example.com\r\nOrigin: https://\xff\xfe.example.com\r\nConnection: close\r\n\r\n"[..]].concat()),
+        ("8 KiB Origin", get("api.example.com", "/data", &format!("Origin: https://{}.example.com\r\n", "a".repeat(8 * 1024)))),
+        ("null Origin", get("api.example.com", "/data", "Origin: null\r\n")),
+    ];
+    for (what, request) in hostile {
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, "api.example.com", &request).await;
+        let status = r.as_ref().map_or(0, |r| r.status);
+        let forwarded = up.seen().len() > before;
+        let acao = r.as_ref().and_then(|r| r.header("access-control-allow-origin"));
+        let odd_origin_allowed = acao.as_deref().is_some_and(|a| a != "https://app.example.com");
+        tally.case(what, status == 401 || status == 400 || status == 0, forwarded || odd_origin_allowed);
+        assert!(matches!(status, 0 | 400 | 401), "{what}: {status}");
+    }
+    // The real preflight: answered by Postern, without a session, with no
+    // upstream data.
+    let before = up.seen().len();
+    let preflight = format!(
+        "OPTIONS /data HTTP/1.1\r\nHost: api.example.com\r\n{origin}Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw_tls(p.addr, "api.example.com", preflight.as_bytes()).await.expect("a response");
+    assert_eq!(r.status, 204, "{}", r.head);
+    assert_eq!(r.header("access-control-allow-origin").as_deref(), Some("https://app.example.com"));
+    assert_eq!(r.header("x-upstream"), None, "the preflight answer carries no upstream data");
+    assert!(r.body.is_empty());
+    assert_eq!(up.seen().len(), before, "the preflight was not forwarded");
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+// ---------------------------------------------------------------------------
+// H. Ingress and Route input (the file-config side)
+// ---------------------------------------------------------------------------
+
+/// H.51 (ingress-nginx CVE-2021-25742, CVE-2023-5043): there are no raw
+/// snippet settings. A route or settings key that would carry one
+/// (`configuration_snippet`, `server_snippet`, `envoy_filter`, `lua`) is
+/// refused by name and nothing of it is applied; the Kubernetes side is
+/// `k8s_controller::objects_are_input_hosts_stay_with_their_namespace_and_hostile_values_are_refused`.
+#[tokio::test]
+async fn snippet_keys_are_refused_by_name_and_never_applied() {
+    let up = Upstream::start("up").await;
+    let mut tally = Tally::new("H.51 snippet keys");
+    let snippets = [
+        ("configuration_snippet", "\"more_set_headers 'X-Injected: 1';\""),
+        ("server_snippet", "\"location /admin { return 200; }\""),
+        ("auth_snippet", "\"proxy_set_header X-Injected 1;\""),
+        ("envoy_filter", "\"{}\""),
+        ("lua", "\"os.execute('id')\""),
+    ];
+    for (key, value) in snippets {
+        let route = public("https://pub.example.com", &up.url(), &format!("    {key}: {value}\n"));
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("config.yaml"), format!("routes:\n{route}")).expect("write");
+        let (code, out, err) = support::run_cli(&["check", "--config", "config.yaml"], dir.path());
+        let named = format!("{out}{err}").contains(key);
+        tally.case(key, code != 0 && named, false);
+        assert!(code != 0 && named, "{key}: exit {code}, {out}{err}");
+    }
+    // Served: the route with a snippet is left out; the other one serves and
+    // nothing of the snippet is seen.
+    let config = format!(
+        "routes:\n{}{}",
+        public(
+            "https://snip.example.com",
+            &up.url(),
+            "    configuration_snippet: \"more_set_headers 'X-Injected: 1';\"\n"
+        ),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let before = up.seen().len();
+    let r = raw_tls(p.addr, "snip.example.com", &get("snip.example.com", "/admin", "")).await.expect("a response");
+    let applied = r.head.to_ascii_lowercase().contains("x-injected") || up.seen().len() > before;
+    tally.case("served with a snippet", r.status == 404, applied);
+    assert_eq!(r.status, 404, "{}", r.head);
+    still_serves(&p, &up, "pub.example.com").await;
+    let seen = up.last();
+    assert!(seen.headers.get("x-injected").is_none());
+    tally.finish();
+}
+
+/// H.54 (ingress-nginx CVE-2026-24513): an upstream's or a direct
+/// response's status never turns Postern's 401/403 into a 200, and an
+/// auth failure is never answered by the upstream.
+#[tokio::test]
+async fn auth_failures_stay_401_whatever_the_upstream_or_direct_response() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "{}routes:\n{}{}{}",
+        dead_idp_settings(),
+        protected("https://app.example.com", &up.url(), ""),
+        "  - from: https://direct.example.com\n    response:\n      status: 200\n      body: welcome\n    allowed_users: [alice@example.com]\n",
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("H.54 auth failures stay failures");
+    for (host, path) in [
+        ("app.example.com", "/status/200"),
+        ("app.example.com", "/status/401"),
+        ("app.example.com", "/status/302"),
+        ("direct.example.com", "/"),
+        ("direct.example.com", "/anything"),
+    ] {
+        for extra in ["", "Accept: text/html\r\n", "Cookie: _postern=expired-or-forged\r\n"] {
+            let before = up.seen().len();
+            let r = raw_tls(p.addr, host, &get(host, path, extra)).await.expect("a response");
+            let forwarded = up.seen().len() > before;
+            let body = r.body_text();
+            let refused = r.status == 401
+                || (r.status == 302 && r.header("location").is_some_and(|l| l.contains("authenticate.example.com")));
+            tally.case(&format!("{host}{path} {extra:?}"), refused, forwarded || body.contains("welcome"));
+            assert!(refused, "{host}{path} {extra:?}: {}", r.head);
+        }
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
+// ---------------------------------------------------------------------------
+// The map
+// ---------------------------------------------------------------------------
+
+/// `docs/security-catalogue.md` has a row for each of the 62 families, and
+/// every `file::fn` it names is a test fn in that file, so the map cannot
+/// drift from the tests.
+#[test]
+fn the_map_names_real_tests_and_every_family() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/security-catalogue.md")).expect("docs/security-catalogue.md");
+    let mut families = std::collections::BTreeSet::new();
+    let mut named = 0;
+    for line in map.lines().filter(|l| l.starts_with('|')) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let Some(family) = cells.get(1) else { continue };
+        // `A.8` or `**A.8**`: a letter, a dot, the number.
+        let family = family.trim_matches('*');
+        let Some((_, number)) = family.split_once('.') else { continue };
+        let Ok(number) = number.parse::<u32>() else { continue };
+        families.insert(number);
+        for cell in &cells {
+            for mention in cell.split('`').skip(1).step_by(2) {
+                let Some((file, func)) = mention.split_once("::") else { continue };
+                // `forwarding::fn` is tests/forwarding.rs; `src/auth/oidc.rs::fn` is a unit test.
+                let path = if file.ends_with(".rs") { file.to_string() } else { format!("tests/{file}.rs") };
+                let text = std::fs::read_to_string(root.join(&path))
+                    .unwrap_or_else(|e| panic!("{family}: {path} named in the map: {e}"));
+                let is_test = is_test_fn(&text, func);
+                assert!(is_test, "{family}: `{file}::{func}` is not a test fn in {path}");
+                named += 1;
+            }
+        }
+    }
+    let missing: Vec<u32> = (1..=62).filter(|n| !families.contains(n)).collect();
+    assert!(missing.is_empty(), "families without a row: {missing:?}");
+    assert!(named > 20, "the map names only {named} tests");
+}
+
+/// Whether `text` has `fn name(` right under a `#[test]` or `#[tokio::test]`
+/// attribute (doc comments and other attributes may sit between).
+fn is_test_fn(text: &str, name: &str) -> bool {
+    let lines: Vec<&str> = text.lines().collect();
+    let sig = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with(&format!("fn {name}(")) || l.starts_with(&format!("async fn {name}("))
+    };
+    lines.iter().enumerate().filter(|(_, l)| sig(l)).any(|(i, _)| {
+        lines[..i]
+            .iter()
+            .rev()
+            .take_while(|l| {
+                let l = l.trim_start();
+                l.starts_with("///") || l.starts_with("#[") || l.starts_with("//")
+            })
+            .any(|l| l.trim_start().starts_with("#[") && l.contains("test"))
+    })
+}
