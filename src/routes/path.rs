@@ -29,11 +29,12 @@
 //!    `path_with_escaped_slashes_action: REJECT_REQUEST` and Pomerium's
 //!    default ([`PathError::EncodedSeparator`]).
 //! 7. No double encoding: once decoded, no `%` is followed by two hex digits
-//!    (`%252e`, `%252f`, `%25%32%65`). A server that decodes once more reads
-//!    `.`, `/` or any other byte there. Envoy's guidance is never to decode
-//!    `%25`. We go one step further and refuse the only case where keeping it
-//!    is ambiguous. `%25` followed by anything else (`100%25`, `%25off`) is
-//!    data ([`PathError::DoubleEncoding`]).
+//!    (`%252e`, `%252f`, `%25%32%65`) or by IIS's `u` and four hex digits
+//!    (`%25u002e`). A server that decodes once more reads `.`, `/` or any
+//!    other byte there. Envoy's guidance is never to decode `%25`. We go one
+//!    step further and refuse the only cases where keeping it is ambiguous.
+//!    `%25` followed by anything else (`100%25`, `%25off`, `%25up`) is data
+//!    ([`PathError::DoubleEncoding`]).
 //! 8. No raw `;`. Tomcat, Jetty, Undertow and Spring strip `;parameters` from
 //!    each segment before routing. To them `/pub/..;/admin` is `/admin` and
 //!    `/admin;jsessionid=1` is `/admin`. Every other server reads `;` as
@@ -96,8 +97,9 @@ pub(crate) enum PathError {
     InvalidUtf8,
     #[error("path has a malformed percent-encoding")]
     BadPercentEncoding,
-    /// `%25` followed by two hex digits: a second decode gives another byte.
-    #[error("path is double-encoded ('%25' followed by two hex digits)")]
+    /// `%25` followed by two hex digits (or `u` and four): a second decode
+    /// gives another byte.
+    #[error("path is double-encoded ('%25' followed by an escape)")]
     DoubleEncoding,
     /// A raw `;`, which starts path parameters that some servers strip.
     #[error("path contains ';' (path parameters); send a literal ';' as %3B")]
@@ -194,7 +196,9 @@ fn validate(bytes: &[u8]) -> Result<Scan, PathError> {
 #[derive(Default)]
 struct DecodedState {
     utf8: Utf8Decoder,
-    /// Hex digits seen since the last decoded `%` (rule 7), if one is open.
+    /// How far a second-level escape after the last decoded `%` has got
+    /// (rule 7), if one is open: 0 just after `%`, 1 after one hex digit,
+    /// 2 to 5 after `u` and 0 to 3 hex digits.
     after_percent: Option<u8>,
 }
 
@@ -224,13 +228,17 @@ impl DecodedState {
         }
     }
 
-    /// Rule 7: whether `byte` is the second hex digit after a decoded `%`.
-    /// A raw `%` always starts an escape, so a decoded `%` came from `%25`.
+    /// Rule 7: whether `byte` completes an escape after a decoded `%`: the
+    /// second hex digit of `%XX`, or the fourth of IIS's `%uXXXX`. A raw `%`
+    /// always starts an escape, so a decoded `%` came from `%25`.
     fn double_encoding(&mut self, byte: u8) -> bool {
+        let hex = byte.is_ascii_hexdigit();
         let (next, found) = match (self.after_percent, byte) {
             (_, b'%') => (Some(0), false),
-            (Some(0), b) if b.is_ascii_hexdigit() => (Some(1), false),
-            (Some(1), b) if b.is_ascii_hexdigit() => (None, true),
+            (Some(0), b'u' | b'U') => (Some(2), false),
+            (Some(0), _) if hex => (Some(1), false),
+            (Some(1 | 5), _) if hex => (None, true),
+            (Some(n @ 2..=4), _) if hex => (Some(n + 1), false),
             _ => (None, false),
         };
         self.after_percent = next;
@@ -555,6 +563,10 @@ mod tests {
         ("/./", "/"),
         ("/a/...", "/a/..."),
         ("/a/..b", "/a/..b"),
+        ("/100%25up", "/100%25up"),
+        ("/%25u", "/%25u"),
+        ("/%25u00/x", "/%25u00/x"),
+        ("/%25u002", "/%25u002"),
         ("/a/b..", "/a/b.."),
         ("/a/.b", "/a/.b"),
         ("/%2e", "/"),
@@ -630,6 +642,11 @@ mod tests {
         ("/%25%32%65", PathError::DoubleEncoding),
         ("/%25%32e", PathError::DoubleEncoding),
         ("/%25EF%25BC%258E", PathError::DoubleEncoding),
+        ("/pub/%25u002e%25u002e/admin", PathError::DoubleEncoding),
+        ("/%25U002F", PathError::DoubleEncoding),
+        ("/%25%75%30%30%32%65", PathError::DoubleEncoding),
+        ("/%25uFF0E", PathError::DoubleEncoding),
+        ("/%25u%25u002e", PathError::DoubleEncoding),
         // Rule 8: raw `;`, with or without a dot segment in front.
         ("/a/..;x=1/admin", PathError::Semicolon),
         ("/pub/..;/admin", PathError::Semicolon),
@@ -736,7 +753,7 @@ mod tests {
     #[test]
     fn errors_render_their_messages() {
         assert_eq!(PathError::EncodedSeparator.to_string(), "path contains an encoded '/' or '\\'");
-        assert_eq!(PathError::DoubleEncoding.to_string(), "path is double-encoded ('%25' followed by two hex digits)");
+        assert_eq!(PathError::DoubleEncoding.to_string(), "path is double-encoded ('%25' followed by an escape)");
         assert_eq!(PathError::Semicolon.to_string(), "path contains ';' (path parameters); send a literal ';' as %3B");
         assert_eq!(confusable('\u{FF0E}', ".").to_string(), "path contains U+FF0E, which some servers read as \".\"");
         assert_eq!(
@@ -799,6 +816,9 @@ mod tests {
             "%252e",
             "%252f",
             "%25%32%65",
+            "%25u",
+            "u",
+            "002e",
             "%32",
             "%65",
             "2",
@@ -867,6 +887,10 @@ mod tests {
             let bytes = decoded.as_bytes();
             let escape = bytes.windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit());
             assert!(!escape, "{context}");
+            let iis_escape = bytes
+                .windows(6)
+                .any(|w| w[0] == b'%' && w[1].eq_ignore_ascii_case(&b'u') && w[2..].iter().all(u8::is_ascii_hexdigit));
+            assert!(!iis_escape, "{context}");
             assert!(!decoded.contains(['\u{FF0E}', '\u{FF0F}', '\u{FF3C}', '\u{2024}', '\u{3002}']), "{context}");
         }
     }
