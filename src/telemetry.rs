@@ -17,6 +17,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// One open client connection, counted until dropped.
+pub(crate) struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -94,6 +103,10 @@ pub struct Metrics {
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
     reloads: Family<ReloadLabels, Counter>,
     routes_loaded: Gauge,
+    /// Client connections being served (all workers).
+    connections_open: Gauge,
+    /// Client connections closed on accept because `max_connections` were open.
+    connections_refused: Counter,
     ready: AtomicBool,
 }
 
@@ -122,6 +135,14 @@ impl Metrics {
         registry.register("config_reloads", "Config reloads, by result", reloads.clone());
         let routes_loaded = Gauge::default();
         registry.register("routes_loaded", "Routes in the live table", routes_loaded.clone());
+        let connections_open = Gauge::default();
+        registry.register("connections_open", "Client connections being served", connections_open.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed on accept because max_connections were open",
+            connections_refused.clone(),
+        );
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -131,6 +152,8 @@ impl Metrics {
             upstream_errors,
             reloads,
             routes_loaded,
+            connections_open,
+            connections_refused,
             ready: AtomicBool::new(false),
         }
     }
@@ -161,6 +184,20 @@ impl Metrics {
 
     pub(crate) fn upstream_error(&self, route: &RouteName, kind: &'static str) {
         self.upstream_errors.get_or_create(&UpstreamErrorLabels { route: route.clone(), kind }).inc();
+    }
+
+    /// Reserves a place for a new client connection: `None` (counted as
+    /// refused) if `max` are open already (`0`: no limit). The place is
+    /// given back when the returned guard is dropped.
+    pub(crate) fn open_connection(&self, max: usize) -> Option<ConnectionGuard> {
+        // The gauge is the count itself: one atomic shared by the workers.
+        let open = self.connections_open.inc();
+        if max > 0 && open >= max as i64 {
+            self.connections_open.dec();
+            self.connections_refused.inc();
+            return None;
+        }
+        Some(ConnectionGuard(self.connections_open.clone()))
     }
 
     pub fn reloaded(&self, ok: bool) {

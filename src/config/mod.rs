@@ -5,6 +5,7 @@
 //! column and key path. A bad route is left out and reported; bad global
 //! settings make the whole file unusable ([`Error::Invalid`]).
 
+pub(crate) mod limits;
 mod raw;
 pub mod reload;
 mod spec;
@@ -20,6 +21,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use limits::Limits;
 pub(crate) use raw::parse_duration;
 use raw::{KeyScope, RawRoute, RawSettings};
 
@@ -255,6 +257,7 @@ impl Loader {
         if let Some(t) = raw.default_upstream_timeout {
             settings.default_upstream_timeout = t;
         }
+        settings.limits = limits::from_raw(&raw, &mut bad);
         for (i, cidr) in raw.trusted_proxies.iter().enumerate() {
             match parse_cidr(cidr) {
                 Ok(net) => settings.trusted_proxies.push(net),
@@ -589,6 +592,7 @@ impl Loader {
             timeout: raw.timeout,
             idle_timeout: raw.idle_timeout,
             allow_websockets: raw.allow_websockets,
+            max_request_body: raw.max_request_body,
             tls_skip_verify: raw.tls_skip_verify,
             tls_custom_ca,
             allow_public_unauthenticated_access: raw.allow_public_unauthenticated_access,

@@ -25,6 +25,26 @@ pub(super) struct RawSettings {
     pub metrics_address: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     pub default_upstream_timeout: Option<Duration>,
+    /// Request and connection limits; see [`Limits`](super::Limits).
+    #[serde(default, deserialize_with = "size")]
+    pub max_uri_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub max_header_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub max_header_list_bytes: Option<u64>,
+    pub max_header_count: Option<u64>,
+    #[serde(default, deserialize_with = "duration")]
+    pub header_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "duration")]
+    pub keepalive_timeout: Option<Duration>,
+    pub max_connections: Option<u64>,
+    pub max_concurrent_streams: Option<u64>,
+    pub max_pending_accept_reset_streams: Option<u64>,
+    pub max_local_error_reset_streams: Option<u64>,
+    #[serde(default, deserialize_with = "size")]
+    pub default_max_request_body: Option<u64>,
+    #[serde(default, deserialize_with = "duration")]
+    pub request_body_timeout: Option<Duration>,
     pub authenticate_service_url: Option<String>,
     pub idp_provider: Option<String>,
     pub idp_provider_url: Option<String>,
@@ -105,6 +125,9 @@ pub(super) struct RawRoute {
     pub idle_timeout: Option<Duration>,
     #[serde(default)]
     pub allow_websockets: bool,
+    /// Largest request body, in bytes or with a unit (`10MiB`); `0`: none.
+    #[serde(default, deserialize_with = "size")]
+    pub max_request_body: Option<u64>,
     #[serde(default)]
     pub tls_skip_verify: bool,
     pub tls_custom_ca: Option<String>,
@@ -232,6 +255,12 @@ fn seconds_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
         Ok(secs) => Ok(Some(Duration::from_secs(secs))),
         Err(_) => parse_duration(&text).map(Some).map_err(de::Error::custom),
     }
+}
+
+/// A byte size: a number of bytes or a string with a unit (`64KiB`).
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let text = lenient_string(d)?;
+    super::limits::parse_size(&text).map(Some).map_err(de::Error::custom)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {

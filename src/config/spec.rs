@@ -33,6 +33,8 @@ pub struct Settings {
     pub metrics_address: Option<SocketAddr>,
     /// Upstream timeout for routes that do not set `timeout`.
     pub default_upstream_timeout: Duration,
+    /// Request and connection limits.
+    pub limits: super::Limits,
     /// Sign-in and sessions.
     pub auth: AuthSettings,
     /// The cluster as a source of routes, backends and certificates.
@@ -161,6 +163,7 @@ impl Default for Settings {
             trusted_proxies: Vec::new(),
             metrics_address: None,
             default_upstream_timeout: Duration::from_secs(30),
+            limits: super::Limits::default(),
             auth: AuthSettings::default(),
             kubernetes: KubernetesSettings::default(),
         }
@@ -215,6 +218,9 @@ pub struct RouteSpec {
     pub timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub allow_websockets: bool,
+    /// Largest request body in bytes (`Some(0)`: no limit; `None`: the
+    /// `default_max_request_body` setting).
+    pub max_request_body: Option<u64>,
     pub tls_skip_verify: bool,
     /// PEM bundle of CAs trusted for this route's https upstreams.
     pub tls_custom_ca: Option<String>,

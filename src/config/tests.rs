@@ -165,3 +165,31 @@ fn a_sec1_signing_key_is_taken_as_the_same_key_in_pkcs8_form() {
     assert_eq!(ec_key_as_pkcs8(&pkcs8).as_deref(), Some(pkcs8.as_str()), "PKCS#8 passes through");
     assert!(ec_key_as_pkcs8("-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n").is_none());
 }
+
+#[test]
+fn limit_settings_parse_with_units_and_defaults() {
+    let c = parse_ok(
+        "max_uri_bytes: 4k\nmax_header_bytes: 2048\nmax_header_list_bytes: 16KiB\nmax_header_count: 20\n\
+         header_read_timeout: 300ms\nkeepalive_timeout: 0\nmax_connections: 5\nmax_concurrent_streams: 8\n\
+         default_max_request_body: 1MiB\nrequest_body_timeout: 2s\n\
+         routes:\n  - from: https://a\n    to: http://b\n    max_request_body: 10\n",
+    );
+    let l = &c.settings.limits;
+    assert_eq!((l.max_uri_bytes, l.max_header_bytes, l.max_header_list_bytes), (4096, 2048, 16384));
+    assert_eq!((l.max_header_count, l.max_connections, l.max_concurrent_streams), (20, 5, 8));
+    assert_eq!(l.header_read_timeout, std::time::Duration::from_millis(300));
+    assert_eq!(l.keepalive_timeout, std::time::Duration::ZERO);
+    assert_eq!(l.default_max_request_body, 1 << 20);
+    assert_eq!(l.request_body_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(c.routes[0].max_request_body, Some(10));
+    assert_eq!(parse_ok("routes: []\n").settings.limits, Limits::default());
+}
+
+#[test]
+fn bad_limit_settings_name_the_key() {
+    let p = problems_of("max_header_list_bytes: 4096\nheader_read_timeout: 0\n");
+    assert!(p.iter().any(|m| m.contains("max_header_list_bytes: must be at least 8192, found 4096")), "{p:#?}");
+    assert!(p.iter().any(|m| m.contains("header_read_timeout: must be more than 0")), "{p:#?}");
+    let p = problems_of("max_uri_bytes: lots\n");
+    assert!(p.iter().any(|m| m.contains("max_uri_bytes") && m.contains("invalid size \"lots\"")), "{p:#?}");
+}

@@ -206,3 +206,41 @@ impl Body for Reclaimable {
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A response body that holds `guard` until it ends or is dropped, so
+    /// the connection knows a request is still in flight.
+    pub(crate) struct Tracked<B, G> {
+        #[pin]
+        inner: B,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> Tracked<B, G> {
+    pub(crate) fn new(inner: B, guard: G) -> Self {
+        Tracked { inner, guard: Some(guard) }
+    }
+}
+
+impl<B: Body, G> Body for Tracked<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) {
+            this.guard.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -8,6 +8,8 @@ pub(crate) mod body;
 mod direct;
 mod forward;
 mod hop;
+mod idle;
+mod limits;
 mod pipeline;
 mod pool;
 mod respond;
@@ -26,14 +28,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
+use crate::config::Limits;
+use crate::config::limits::MIN_HEADER_LIST_BYTES;
 use crate::routes::Routes;
 use crate::telemetry::Metrics;
-use body::{ProxyBody, empty};
+use body::{ProxyBody, Tracked, empty};
 use forward::Peer;
 use tls::CertResolver;
-
-/// Longest a client may take to send request headers or finish a TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Everything requests share: the live table, metrics, certificates.
 pub struct Proxy {
@@ -116,24 +117,38 @@ pub async fn serve(
                 }
             },
         };
+        let limits = proxy.routes.snapshot().limits().clone();
+        let Some(open) = proxy.metrics.open_connection(limits.max_connections) else {
+            // Closed at once: a client past the cap holds no memory, and
+            // the refusal is counted, not logged per connection.
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _open = open;
             let peer = Peer::new(peer_addr.ip(), acceptor.is_some());
+            let activity = idle::Activity::new();
+            let requests = activity.clone();
             // `map`, not an `async` wrapper: one level less of a request
             // future that is copied whole when it is created.
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                pipeline::handle(proxy.clone(), peer.clone(), req).map(Ok::<_, std::convert::Infallible>)
+                let in_flight = requests.start();
+                pipeline::handle(proxy.clone(), peer.clone(), req)
+                    .map(move |resp| Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight))))
             });
-            let builder = connection_builder();
+            let builder = connection_builder(&limits);
+            let idle = activity.expired(limits.header_read_timeout, limits.keepalive_timeout);
             let result = match acceptor {
-                Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Some(acceptor) => match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await
+                {
                     Ok(Ok(tls)) => {
-                        watcher
-                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned())
-                            .await
+                        let conn = watcher
+                            .watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned());
+                        until_idle(conn, idle).await
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(peer = %peer_addr, error = %e, "TLS handshake failed");
@@ -142,9 +157,9 @@ pub async fn serve(
                     Err(_) => return,
                 },
                 None => {
-                    watcher
-                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned())
-                        .await
+                    let conn = watcher
+                        .watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+                    until_idle(conn, idle).await
                 }
             };
             if let Err(e) = result {
@@ -159,14 +174,49 @@ pub async fn serve(
     }
 }
 
-fn connection_builder() -> auto::Builder<TokioExecutor> {
+/// Serves `conn` until it ends, or closes it (by dropping it) once `idle`
+/// resolves: no request is in flight then, so nothing is cut off.
+async fn until_idle<E>(conn: impl Future<Output = Result<(), E>>, idle: impl Future<Output = ()>) -> Result<(), E> {
+    tokio::select! {
+        result = conn => result,
+        () = idle => {
+            tracing::debug!("closing an idle connection");
+            Ok(())
+        }
+    }
+}
+
+/// How long an HTTP/2 keep-alive ping may go unanswered (hyper's default).
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // `writev(false)`: the response head and a small body go out as one
     // buffer in one `send` rather than a two-part `writev` (1-4% more
     // requests per second in each of three interleaved rounds; larger
     // bodies cost a copy, which the kernel makes anyway).
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).keep_alive(true).writev(false);
-    builder.http2().timer(TokioTimer::new()).enable_connect_protocol();
+    // `max_buf_size` bounds the whole HTTP/1 head (hyper answers 431 past
+    // it); `Limits` keeps it at least hyper's minimum, below which hyper
+    // panics.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true)
+        .writev(false)
+        .max_buf_size(limits.max_header_list_bytes.max(MIN_HEADER_LIST_BYTES))
+        .max_headers(limits.max_header_count);
+    let ping = (!limits.keepalive_timeout.is_zero()).then_some(limits.keepalive_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_header_list_size(u32::try_from(limits.max_header_list_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        .max_local_error_reset_streams(limits.max_local_error_reset_streams)
+        .keep_alive_interval(ping)
+        .keep_alive_timeout(PING_TIMEOUT);
     builder
 }
 
@@ -180,11 +230,20 @@ pub async fn serve_redirect(proxy: Arc<Proxy>, listener: TcpListener, https_port
             _ = stop.cancelled() => return,
             accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
         };
+        let limits = proxy.routes.snapshot().limits().clone();
+        let Some(open) = proxy.metrics.open_connection(limits.max_connections) else {
+            drop(stream);
+            continue;
+        };
         let proxy = proxy.clone();
         tokio::spawn(async move {
+            let _open = open;
             let peer = Peer::new(peer_addr.ip(), false);
+            let activity = idle::Activity::new();
+            let requests = activity.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (proxy, peer) = (proxy.clone(), peer.clone());
+                let in_flight = requests.start();
                 async move {
                     let resp = if pipeline::served_over_plain_http(&proxy, &req) {
                         let resp = pipeline::handle(proxy, peer, req).await;
@@ -192,10 +251,12 @@ pub async fn serve_redirect(proxy: Arc<Proxy>, listener: TcpListener, https_port
                     } else {
                         redirect_to_https(&req, https_port)
                     };
-                    Ok::<_, std::convert::Infallible>(resp)
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight)))
                 }
             });
-            let _ = connection_builder().serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+            let builder = connection_builder(&limits);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let _ = until_idle(conn, activity.expired(limits.header_read_timeout, limits.keepalive_timeout)).await;
         });
     }
 }

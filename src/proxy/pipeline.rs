@@ -85,12 +85,16 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
 /// `Secure` and credentials must not cross the network in the clear.
 /// Everything else is redirected to https.
 pub(crate) fn served_over_plain_http(proxy: &Proxy, req: &Request<Incoming>) -> bool {
+    let table = proxy.routes.snapshot();
+    if super::limits::check_head(req, table.limits()).is_err() {
+        // Refused by `handle`, not redirected under the wrong host.
+        return true;
+    }
     let Ok((host, port)) = target(req) else { return false };
     let Ok(path) = path::normalize(req.uri().path()) else { return false };
     if endpoints::is_own_path(&path) || proxy.auth.authenticate.as_ref().is_some_and(|a| a.host == host) {
         return false;
     }
-    let table = proxy.routes.snapshot();
     table
         .lookup(&host, port, &path)
         .is_some_and(|r| r.from.scheme == http::uri::Scheme::HTTP && r.policy.is_public() && !r.pass_identity_headers)
@@ -113,6 +117,10 @@ async fn run(
     ctx: &mut RequestCtx,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if let Err(e) = super::limits::check_head(&req, table.limits()) {
+        ctx.path = req.uri().path().to_string();
+        return Err(e);
+    }
     let (host, port, path) =
         match target(&req).and_then(|(host, port)| Ok((host, port, path::normalize(req.uri().path())?))) {
             Ok(t) => t,

@@ -19,6 +19,24 @@ pub(crate) enum ProxyError {
     /// No `Host` (or `:authority`) to route by (client's fault).
     #[error("request has no host")]
     NoHost,
+    /// Two `Host` headers, or a `Host` naming another authority than the
+    /// request target (RFC 9112 §3.2, RFC 9113 §8.3.1); never forwarded,
+    /// since Postern and the upstream could read different hosts (client's
+    /// fault).
+    #[error("conflicting host")]
+    ConflictingHost,
+    /// The request target is longer than `max_uri_bytes` (client's fault).
+    #[error("request target too long")]
+    UriTooLong,
+    /// A header is larger than `max_header_bytes`, all headers together
+    /// larger than `max_header_list_bytes`, or there are more than
+    /// `max_header_count` (client's fault).
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    /// The request body stalled longer than `request_body_timeout` before
+    /// anything was answered (client's fault).
+    #[error("request body timed out")]
+    BodyTimeout,
     #[error("no route for this host and path")]
     NoRoute,
     /// The route needs a signed-in user and there is none. Browsers are
@@ -31,7 +49,8 @@ pub(crate) enum ProxyError {
     /// A sign-in step failed (see the auth error for whose fault).
     #[error(transparent)]
     Auth(#[from] AuthError),
-    /// A form body for one of Postern's endpoints was too large.
+    /// A request body was larger than the route's `max_request_body` (or a
+    /// form body for one of Postern's endpoints larger than it reads).
     #[error("request body too large")]
     BodyTooLarge,
     /// The upstream did not send response headers within the route timeout.
@@ -57,7 +76,10 @@ impl From<Denied> for ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::NoHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::NoHost | ProxyError::ConflictingHost => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             ProxyError::Forbidden => StatusCode::FORBIDDEN,
@@ -79,6 +101,10 @@ impl ProxyError {
         match self {
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::NoHost => "no_host",
+            ProxyError::ConflictingHost => "conflicting_host",
+            ProxyError::UriTooLong => "uri_too_long",
+            ProxyError::HeadersTooLarge => "headers_too_large",
+            ProxyError::BodyTimeout => "body_timeout",
             ProxyError::NoRoute => "not_found",
             ProxyError::Unauthenticated { .. } => "unauthenticated",
             ProxyError::Forbidden => "forbidden",

@@ -126,6 +126,9 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         None => Some(settings.default_upstream_timeout),
     };
     let idle_timeout = spec.idle_timeout.filter(|t| !t.is_zero());
+    // The route's own value wins, `0` included (it lifts a global limit).
+    let max_request_body =
+        Some(spec.max_request_body.unwrap_or(settings.limits.default_max_request_body)).filter(|b| *b > 0);
 
     let policy = Policy::compile(&PolicySpec {
         allow_public_unauthenticated_access: spec.allow_public_unauthenticated_access,
@@ -157,6 +160,7 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
         timeout,
         idle_timeout,
         allow_websockets: spec.allow_websockets,
+        max_request_body,
         policy,
         pass_identity_headers: spec.pass_identity_headers,
         cookie: CookieAttrs::session(

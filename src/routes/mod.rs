@@ -18,7 +18,7 @@ use ipnet::IpNet;
 
 pub use route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams};
 
-use crate::config::{Problem, RouteSpec, Settings};
+use crate::config::{Limits, Problem, RouteSpec, Settings};
 
 /// Routes by host. A persistent (structurally shared) map, so a table that
 /// differs from the live one in a few hosts is built in time proportional
@@ -45,6 +45,9 @@ pub struct RouteTable {
     len: usize,
     /// Peers whose `X-Forwarded-*` headers are believed.
     trusted_proxies: Vec<IpNet>,
+    /// Request and connection limits, carried with the table so that the
+    /// listeners read the settings the table was compiled with.
+    limits: Arc<Limits>,
 }
 
 impl Default for RouteTable {
@@ -55,6 +58,7 @@ impl Default for RouteTable {
             any_host: Arc::new([]),
             len: 0,
             trusted_proxies: Vec::new(),
+            limits: Arc::default(),
         }
     }
 }
@@ -91,7 +95,11 @@ impl RouteTable {
             });
             bucket.push(route);
         }
-        let table = RouteTable { trusted_proxies: settings.trusted_proxies.clone(), ..RouteTable::default() };
+        let table = RouteTable {
+            trusted_proxies: settings.trusted_proxies.clone(),
+            limits: Arc::new(settings.limits.clone()),
+            ..RouteTable::default()
+        };
         table.with_buckets(order.into_iter().map(|host| {
             let routes = buckets.remove(&host).unwrap_or_default();
             (host, routes)
@@ -191,6 +199,11 @@ impl RouteTable {
             .collect();
         hosts.sort_by(|a, b| a.2.cmp(&b.2).then(a.0.cmp(b.0)));
         hosts.into_iter().flat_map(|(_, routes, _)| routes.iter()).chain(self.any_host.iter()).collect()
+    }
+
+    /// The limits of the settings this table was compiled with.
+    pub fn limits(&self) -> &Arc<Limits> {
+        &self.limits
     }
 
     /// Whether `ip` is one of the `trusted_proxies`.

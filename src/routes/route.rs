@@ -33,6 +33,8 @@ pub struct Route {
     /// Longest silence on a streamed body or upgraded connection; `None` disables.
     pub idle_timeout: Option<Duration>,
     pub allow_websockets: bool,
+    /// Largest request body in bytes (413 beyond it); `None`: no limit.
+    pub max_request_body: Option<u64>,
     /// Who may use the route (Pomerium's policy keys, compiled).
     pub(crate) policy: Policy,
     /// Send `X-Postern-Jwt-Assertion` upstream.
