@@ -211,6 +211,14 @@ pub(crate) async fn authenticate_host(auth: &Auth, req: EndpointRequest<'_>) -> 
                 tracing::info!(idp.error = %error, "identity provider refused sign-in");
                 return Err(AuthError::BadRequest("the identity provider refused the sign-in"));
             }
+            // RFC 9207: an `iss` that is not our IdP means the response came
+            // from another authorization server (a mix-up); refuse it before
+            // the code goes anywhere.
+            if let Some(iss) = req.param("iss")
+                && !auth.oidc()?.is_our_issuer(&iss)
+            {
+                return Err(AuthError::BadRequest("callback from another issuer"));
+            }
             let state = req.param("state").ok_or(AuthError::BadRequest("callback without state"))?;
             let code = req.param("code").ok_or(AuthError::BadRequest("callback without code"))?;
             let state: OAuthState =

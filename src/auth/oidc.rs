@@ -115,6 +115,13 @@ impl Oidc {
         Ok(d)
     }
 
+    /// Whether `iss`, the authorization response's `iss` parameter (RFC
+    /// 9207), names our IdP. Discovery checked that the IdP's metadata
+    /// issuer equals the configured URL, so that URL is what it must be.
+    pub(crate) fn is_our_issuer(&self, iss: &str) -> bool {
+        iss.trim_end_matches('/') == self.settings.provider_url.trim_end_matches('/')
+    }
+
     /// `end_session_endpoint` is not part of the core metadata type.
     async fn end_session_endpoint(&self) -> Option<String> {
         let url = format!("{}/.well-known/openid-configuration", self.settings.provider_url);
