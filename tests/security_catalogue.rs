@@ -756,6 +756,99 @@ async fn sign_out_ignores_caller_supplied_redirect_uris() {
     tally.finish();
 }
 
+/// D.28 (Pomerium `pkce.spec.ts`, RFC 9700), D.29 (oauth2-proxy #966),
+/// D.31 (RFC 9207, RFC 9700 §4.4) and D.33 (Pomerium CVE-2024-39315),
+/// against the real IdP: every authorization request carries a PKCE S256
+/// challenge, a nonce and a sealed state; a callback whose `iss` names
+/// another issuer is refused before its code is redeemed (the genuine one
+/// still signs in afterwards); and the user pages and `/.postern/jwt` never
+/// show the IdP's ID, access or refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_pins_pkce_nonce_and_issuer_and_never_shows_idp_tokens() {
+    let env = auth_env::Env::start(auth_env::TWO_HOSTS).await;
+    let mut tally = Tally::new("D.28/D.29/D.31/D.33 sign-in flow");
+    let browser = env.browser();
+    let stop = env.url("authenticate.example.com", "/oauth2/callback?");
+    let trace = support::idp::browse_until(
+        &browser.client,
+        &env.url("app.example.com", "/start"),
+        Some(("alice", "password")),
+        &env.idp,
+        Some(&stop),
+    )
+    .await;
+    let authorize = trace
+        .location_starting_with(&env.idp.issuer)
+        .unwrap_or_else(|| panic!("no redirect to the IdP:\n{}", trace.describe()))
+        .to_string();
+    let query: Vec<(String, String)> =
+        reqwest::Url::parse(&authorize).expect("authorize URL").query_pairs().into_owned().collect();
+    let get_param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    assert_eq!(get_param("code_challenge_method").as_deref(), Some("S256"), "{authorize}");
+    assert!(get_param("code_challenge").is_some_and(|c| c.len() >= 43), "{authorize}");
+    assert!(get_param("nonce").is_some_and(|n| n.len() >= 16), "{authorize}");
+    assert!(get_param("state").is_some_and(|s| s.len() >= 32), "{authorize}");
+    let callback = trace
+        .final_location()
+        .filter(|l| l.starts_with(&stop))
+        .unwrap_or_else(|| panic!("{}", trace.describe()))
+        .to_string();
+    let with_iss = |iss: &str| {
+        let mut u = reqwest::Url::parse(&callback).expect("callback URL");
+        let pairs: Vec<(String, String)> = u.query_pairs().into_owned().filter(|(k, _)| k != "iss").collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs).append_pair("iss", iss);
+        u.to_string()
+    };
+    for iss in ["https://evil.example.net", "http://127.0.0.1:1", &format!("{}.evil", env.idp.issuer), ""] {
+        let resp = browser.client.get(with_iss(iss)).send().await.expect("callback");
+        let status = resp.status().as_u16();
+        let signed_in =
+            auth_env::set_cookies(resp.headers()).iter().any(|c| c.name.ends_with("_authenticate") && !c.clears());
+        tally.case(&format!("callback with iss {iss:?}"), status == 400, signed_in);
+        assert_eq!(status, 400, "iss {iss:?}");
+    }
+    // Not spent by the refusals: the genuine callback (its own iss) signs in.
+    let resp = browser.client.get(&callback).send().await.expect("callback");
+    assert_eq!(resp.status(), 302, "the genuine callback");
+    let next = auth_env::location(&resp).expect("location");
+    let resp = browser.client.get(&next).send().await.expect("route callback");
+    assert_eq!(resp.status(), 302);
+    let token = env.session_of(&browser, "app.example.com");
+
+    // D.33: what the user pages show.
+    let client = env.client();
+    let jwks = env.jwks("app.example.com").await;
+    for (path, accept) in
+        [("/.postern/user", "application/json"), ("/.postern/user", "text/html"), ("/.postern/jwt", "*/*")]
+    {
+        let resp = client
+            .get(env.url("app.example.com", path))
+            .header("cookie", format!("{}={token}", auth_env::COOKIE_NAME))
+            .header("accept", accept)
+            .send()
+            .await
+            .expect("user page");
+        assert_eq!(resp.status(), 200, "{path} {accept}");
+        let body = resp.text().await.expect("body");
+        let named = ["id_token", "access_token", "refresh_token"].iter().any(|k| body.contains(k));
+        // Any JWT on the page must be Postern's own assertion, not the IdP's.
+        let foreign_jwt = body
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.'))
+            .filter(|w| w.starts_with("eyJ") && w.matches('.').count() == 2)
+            .any(|jwt| !auth_env::assertion_verifies(&jwks, jwt));
+        tally.case(&format!("{path} {accept}"), !named && !foreign_jwt, named || foreign_jwt);
+        assert!(!named && !foreign_jwt, "{path} {accept} shows an IdP token: {body}");
+    }
+    let resp = client
+        .get(env.url("app.example.com", "/after"))
+        .header("cookie", format!("{}={token}", auth_env::COOKIE_NAME))
+        .send()
+        .await
+        .expect("after");
+    assert_eq!(resp.status(), 200, "still serving, still signed in");
+    tally.finish();
+}
+
 // ---------------------------------------------------------------------------
 // G. CORS
 // ---------------------------------------------------------------------------
