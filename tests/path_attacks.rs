@@ -54,6 +54,11 @@ const CASES: &[(&str, Expect)] = &[
     ("/admin;jsessionid=1", Refused),
     ("/admin;", Refused),
     ("/pub;/x", Refused),
+    // An encoded `%3B` is data to every server that splits parameters
+    // before decoding, so it is forwarded as is and matches no `/admin` rule.
+    ("/pub/a%3Bb", Forwarded("pub", "/pub/a%3Bb")),
+    ("/pub/..%3B/x", Forwarded("pub", "/pub/..%3B/x")),
+    ("/admin%3Bjsessionid=1", Forwarded("rest", "/admin%3Bjsessionid=1")),
     // A3: encoded separators and backslashes.
     ("/pub/%2Fadmin", Refused),
     ("/pub/%2fadmin", Refused),
@@ -95,6 +100,9 @@ const CASES: &[(&str, Expect)] = &[
     ("/pub/%25%32%65%25%32%65/admin", Refused),
     ("/pub/%2525%32%65/admin", Refused),
     ("/pub/%25252e%25252e/admin", Refused),
+    ("/pub/%25u002e%25u002e/admin", Refused),
+    ("/pub%25u002f..%25u002fadmin", Refused),
+    ("/pub%25U005C..%25U005Cadmin", Refused),
     // Unicode that NFKC or best-fit folding turns into `.`, `/` or `\`,
     // percent-encoded and raw.
     ("/pub/%EF%BC%8E%EF%BC%8E/admin", Refused),
@@ -213,7 +221,7 @@ async fn hostile_paths_are_refused_or_forwarded_as_matched() {
     let upstreams = [&pub_up, &api_up, &admin_up, &rest_up];
     let total_seen = || upstreams.iter().map(|u| u.seen().len()).sum::<usize>();
 
-    let (mut refused, mut sign_in, mut forwarded) = (0, 0, 0);
+    let (mut refused, mut by_parser, mut sign_in, mut forwarded) = (0, 0, 0, 0);
     let mut failures = Vec::new();
     for &(target, expect) in CASES {
         let before = total_seen();
@@ -223,7 +231,9 @@ async fn hostile_paths_are_refused_or_forwarded_as_matched() {
         let outcome = match expect {
             Refused if r.status == 400 && after == before => {
                 refused += 1;
-                println!("refused   {target:?}: {}", message(&r.body));
+                let why = message(&r.body);
+                by_parser += usize::from(!why.starts_with("bad_path: "));
+                println!("refused   {target:?}: {why}");
                 Ok(())
             }
             SignIn if r.status == 401 && after == before => {
@@ -249,7 +259,8 @@ async fn hostile_paths_are_refused_or_forwarded_as_matched() {
         }
     }
     println!(
-        "{} hostile or boundary paths tried: {refused} refused (400), {sign_in} sent to sign-in (401), {forwarded} forwarded as normalized",
+        "{} hostile or boundary paths tried: {refused} refused (400; {by_parser} of them by the HTTP parser, the rest naming \
+         the path rule), {sign_in} sent to sign-in (401), {forwarded} forwarded as normalized",
         CASES.len()
     );
     assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
