@@ -268,8 +268,13 @@ pub(super) fn allowed_algs(advertised: &[CoreJwsSigningAlgorithm]) -> Vec<CoreJw
         .collect()
 }
 
+/// How far ahead of our clock an ID token's `nbf` and `iat` may be.
+const MAX_CLOCK_SKEW_SECS: i64 = 60;
+
 /// Verifies an ID token: signature by the IdP's keys with one of `algs`,
-/// issuer, audience, expiry, and the nonce as `nonce` checks it.
+/// issuer, audience, expiry, and the nonce as `nonce` checks it; then
+/// `nbf` and `iat`, which openidconnect leaves alone: a token not valid
+/// yet, or issued in the future (beyond [`MAX_CLOCK_SKEW_SECS`]), is refused.
 pub(super) fn verify_id_token(
     verifier: CoreIdTokenVerifier<'_>,
     algs: &[CoreJwsSigningAlgorithm],
@@ -277,7 +282,17 @@ pub(super) fn verify_id_token(
     nonce: impl NonceVerifier,
 ) -> Result<(), OidcError> {
     let verifier = verifier.set_allowed_algs(algs.to_vec());
-    id_token.claims(&verifier, nonce).map(|_| ()).map_err(|e| OidcError::BadIdToken(error_chain(&e)))
+    id_token.claims(&verifier, nonce).map_err(|e| OidcError::BadIdToken(error_chain(&e)))?;
+    let claims = payload(&id_token.to_string())?;
+    let now = super::now();
+    for name in ["nbf", "iat"] {
+        if let Some(t) = claims.get(name).and_then(serde_json::Value::as_i64)
+            && t > now + MAX_CLOCK_SKEW_SECS
+        {
+            return Err(OidcError::BadIdToken(format!("{name} is {}s in the future", t - now)));
+        }
+    }
+    Ok(())
 }
 
 /// Builds the identity from a verified ID token's payload (every claim,
@@ -576,6 +591,20 @@ mod tests {
         // The right token checked against another sign-in request's nonce.
         let token = idp.es256(&claims(serde_json::json!({})));
         rejected(idp.verify_with(&token, "other-request", &allowed_algs(&advertised())), "nonce of another request");
+    }
+
+    #[test]
+    fn nbf_or_iat_in_the_future_is_rejected_within_a_minute_of_skew() {
+        let idp = TestIdp::new();
+        let now = crate::auth::now();
+        let reason = rejected(idp.verify(&idp.es256(&claims(serde_json::json!({"nbf": now + 3600})))), "nbf");
+        assert!(reason.contains("nbf"), "{reason}");
+        let ahead = serde_json::json!({"iat": now + 3600, "exp": now + 7200});
+        let reason = rejected(idp.verify(&idp.es256(&claims(ahead))), "iat");
+        assert!(reason.contains("iat"), "{reason}");
+        // A clock a little ahead of ours is fine.
+        idp.verify(&idp.es256(&claims(serde_json::json!({"nbf": now + 30, "iat": now + 30}))))
+            .expect("30 s of skew is accepted");
     }
 
     #[test]
