@@ -850,6 +850,305 @@ async fn sign_in_pins_pkce_nonce_and_issuer_and_never_shows_idp_tokens() {
 }
 
 // ---------------------------------------------------------------------------
+// E. ID tokens from a hostile identity provider
+// ---------------------------------------------------------------------------
+
+/// How the hostile IdP signs the next ID token.
+#[derive(Clone, Copy, Debug)]
+enum Signing {
+    /// ES256 with the key its JWKS publishes.
+    Good,
+    /// `alg: none`, no signature.
+    None,
+    /// HS256 keyed with the client secret the relying party holds.
+    HmacClientSecret,
+    /// HS256 keyed with the published public key (as PEM).
+    HmacPublicKey,
+    /// ES256 with a key that is not in the JWKS, under an unknown `kid`.
+    UnknownKid,
+    /// ES256 with a key that is not in the JWKS, `jku`/`x5u` pointing at
+    /// the attacker's keys and the published `kid`.
+    JkuX5u,
+}
+
+/// What the hostile IdP mints: the signing, and the claims (`$NONCE` is
+/// replaced by the authorization request's nonce).
+struct Mint {
+    signing: Signing,
+    claims: serde_json::Value,
+}
+
+/// An OpenID provider on loopback that signs whatever the test asks for:
+/// discovery, JWKS, an authorize endpoint that redirects straight back
+/// with a code, and a token endpoint that returns the minted ID token.
+struct HostileIdp {
+    issuer: String,
+    mint: Arc<Mutex<Mint>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HostileIdp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const HOSTILE_CLIENT_SECRET: &str = "hostile-client-secret";
+
+impl HostileIdp {
+    async fn start() -> HostileIdp {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind IdP");
+        let issuer = format!("http://{}", listener.local_addr().expect("addr"));
+        let good = rcgen::KeyPair::generate().expect("key");
+        let other = rcgen::KeyPair::generate().expect("key");
+        let raw = good.public_key_raw();
+        let jwks = serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "use": "sig", "kid": "k1",
+            "x": b64.encode(&raw[1..33]), "y": b64.encode(&raw[33..65]),
+        }]})
+        .to_string();
+        let keys = Arc::new((good.serialize_pem(), other.serialize_pem(), good.public_key_pem()));
+        let mint = Arc::new(Mutex::new(Mint { signing: Signing::Good, claims: serde_json::json!({}) }));
+        let nonces = Arc::new(Mutex::new(std::collections::HashMap::<String, String>::new()));
+        let (iss, m) = (issuer.clone(), mint.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (iss, m, keys, jwks, nonces) = (iss.clone(), m.clone(), keys.clone(), jwks.clone(), nonces.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (iss, m, keys, jwks, nonces) =
+                            (iss.clone(), m.clone(), keys.clone(), jwks.clone(), nonces.clone());
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let query: std::collections::HashMap<String, String> =
+                                req.uri().query().map(|q| url_pairs(q).into_iter().collect()).unwrap_or_default();
+                            let mut resp = http::Response::new(String::new());
+                            match path.as_str() {
+                                "/.well-known/openid-configuration" => {
+                                    *resp.body_mut() = serde_json::json!({
+                                        "issuer": iss,
+                                        "authorization_endpoint": format!("{iss}/authorize"),
+                                        "token_endpoint": format!("{iss}/token"),
+                                        "jwks_uri": format!("{iss}/jwks"),
+                                        "response_types_supported": ["code"],
+                                        "subject_types_supported": ["public"],
+                                        "id_token_signing_alg_values_supported": ["ES256"],
+                                    })
+                                    .to_string();
+                                }
+                                "/jwks" => *resp.body_mut() = jwks,
+                                "/authorize" => {
+                                    let code = format!("code{}", nonces.lock().expect("lock").len());
+                                    let nonce = query.get("nonce").cloned().unwrap_or_default();
+                                    nonces.lock().expect("lock").insert(code.clone(), nonce);
+                                    let back = format!(
+                                        "{}?code={code}&state={}",
+                                        query.get("redirect_uri").cloned().unwrap_or_default(),
+                                        query.get("state").map(|s| enc(s)).unwrap_or_default()
+                                    );
+                                    *resp.status_mut() = http::StatusCode::FOUND;
+                                    resp.headers_mut().insert("location", back.parse().expect("location"));
+                                }
+                                "/token" => {
+                                    let body = http_body_util::BodyExt::collect(req.into_body())
+                                        .await
+                                        .map(|b| b.to_bytes())
+                                        .unwrap_or_default();
+                                    let form: std::collections::HashMap<String, String> =
+                                        url_pairs(&String::from_utf8_lossy(&body)).into_iter().collect();
+                                    let nonce = form
+                                        .get("code")
+                                        .and_then(|c| nonces.lock().expect("lock").get(c).cloned())
+                                        .unwrap_or_default();
+                                    let token = mint_token(&m.lock().expect("lock"), &iss, &nonce, &keys);
+                                    *resp.body_mut() = serde_json::json!({
+                                        "access_token": "hostile-access-token", "token_type": "Bearer",
+                                        "expires_in": 300, "id_token": token,
+                                    })
+                                    .to_string();
+                                }
+                                _ => *resp.status_mut() = http::StatusCode::NOT_FOUND,
+                            }
+                            resp.headers_mut().insert("content-type", "application/json".parse().expect("value"));
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
+                });
+            }
+        });
+        HostileIdp { issuer, mint, task }
+    }
+
+    fn set(&self, signing: Signing, claims: serde_json::Value) {
+        *self.mint.lock().expect("lock") = Mint { signing, claims };
+    }
+}
+
+fn url_pairs(q: &str) -> Vec<(String, String)> {
+    reqwest::Url::parse(&format!("http://x.invalid/?{q}"))
+        .map(|u| u.query_pairs().into_owned().collect())
+        .unwrap_or_default()
+}
+
+fn enc(s: &str) -> String {
+    auth_env::enc(s)
+}
+
+/// The ID token for `mint`: standard claims for `alice@corp.com` (verified,
+/// `aud` our client, a fresh `iat` and `exp`, the request's nonce), with the
+/// test's claims laid over them (`null` removes a claim).
+fn mint_token(mint: &Mint, issuer: &str, nonce: &str, keys: &(String, String, String)) -> String {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let mut claims = serde_json::json!({
+        "iss": issuer, "sub": "alice", "aud": "postern", "iat": now, "exp": now + 300,
+        "nonce": nonce, "email": "alice@corp.com", "email_verified": true,
+    });
+    for (k, v) in mint.claims.as_object().expect("claims object") {
+        if v.is_null() {
+            claims.as_object_mut().expect("object").remove(k);
+        } else {
+            claims[k] = v.clone();
+        }
+    }
+    let es256 = |pem: &str, header: Header| {
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_pem(pem.as_bytes()).expect("EC key"))
+            .expect("sign")
+    };
+    let hs256 = |secret: &[u8]| {
+        let header = Header { kid: Some("k1".into()), ..Header::new(Algorithm::HS256) };
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).expect("sign")
+    };
+    match mint.signing {
+        Signing::Good => es256(&keys.0, Header { kid: Some("k1".into()), ..Header::new(Algorithm::ES256) }),
+        Signing::None => {
+            let head = b64.encode(br#"{"alg":"none","typ":"JWT","kid":"k1"}"#);
+            format!("{head}.{}.", b64.encode(claims.to_string()))
+        }
+        Signing::HmacClientSecret => hs256(HOSTILE_CLIENT_SECRET.as_bytes()),
+        Signing::HmacPublicKey => hs256(keys.2.as_bytes()),
+        Signing::UnknownKid => es256(&keys.1, Header { kid: Some("k2".into()), ..Header::new(Algorithm::ES256) }),
+        Signing::JkuX5u => es256(
+            &keys.1,
+            Header {
+                kid: Some("k1".into()),
+                jku: Some("https://evil.example.net/jwks".into()),
+                x5u: Some("https://evil.example.net/cert.pem".into()),
+                ..Header::new(Algorithm::ES256)
+            },
+        ),
+    }
+}
+
+/// Follows a browser's redirects from `start` (10 hops at most) and
+/// returns the last status and URL.
+async fn follow(browser: &auth_env::Browser, start: &str) -> (u16, String) {
+    let mut url = start.to_string();
+    for _ in 0..10 {
+        let resp = browser.client.get(&url).send().await.expect("hop");
+        let status = resp.status().as_u16();
+        match auth_env::location(&resp) {
+            Some(next) if (300..400).contains(&status) => {
+                url = reqwest::Url::parse(&url).expect("url").join(&next).expect("location").to_string();
+            }
+            _ => return (status, url),
+        }
+    }
+    panic!("more than 10 redirects from {start}");
+}
+
+/// E.34 (libjwt CVE-2026-44699, fast-jwt CVE-2023-48223, cjwt CVE-2024-54150,
+/// RFC 8725), E.35 (Keats/jsonwebtoken#329), E.36, E.39 (oauth2-proxy
+/// CVE-2026-40574, CVE-2021-21411) and D.29 (oauth2-proxy #966/#967), from
+/// an IdP that signs whatever it likes: `alg: none`, HS256 keyed with the
+/// client secret or the public key, an unknown `kid`, `jku`/`x5u` headers,
+/// a wrong or missing `iss`/`aud`, an expired token, `nbf` or `iat` in the
+/// future, a wrong or missing nonce all end the sign-in without a session
+/// and nothing reaches the upstream; `a@evil.com@corp.com` and an
+/// unverified `corp.com` email sign in but fail the `corp.com` domain rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn id_tokens_a_hostile_idp_signs_are_refused() {
+    use serde_json::json;
+    let idp = HostileIdp::start().await;
+    let up = Upstream::start("up").await;
+    let port = support::free_port();
+    let config = format!(
+        "address: 127.0.0.1:{port}\ncookie_secret: {}\nauthenticate_service_url: https://authenticate.example.com:{port}\n\
+         idp_provider: oidc\nidp_provider_url: {}\nidp_client_id: postern\nidp_client_secret: {HOSTILE_CLIENT_SECRET}\n\
+         routes:\n  - from: https://app.example.com\n    to: {}\n    allowed_domains: [corp.com]\n{}",
+        auth_env::COOKIE_SECRET,
+        idp.issuer,
+        up.url(),
+        public("https://other.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let start = format!("https://app.example.com:{port}/secret");
+    let mut tally = Tally::new("E.34-E.36/E.39/D.29 hostile ID tokens");
+
+    // Control: a well-formed token signs in and reaches the upstream.
+    idp.set(Signing::Good, json!({}));
+    let browser = auth_env::Browser::new(p.addr);
+    let (status, url) = follow(&browser, &start).await;
+    assert_eq!((status, url.as_str()), (200, start.as_str()), "the control sign-in");
+    assert_eq!(up.last().target, "/secret");
+
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+    let refused: Vec<(&str, Signing, serde_json::Value)> = vec![
+        ("alg none", Signing::None, json!({})),
+        ("HS256 with the client secret", Signing::HmacClientSecret, json!({})),
+        ("HS256 with the public key", Signing::HmacPublicKey, json!({})),
+        ("unknown kid", Signing::UnknownKid, json!({})),
+        ("jku and x5u to the attacker's keys", Signing::JkuX5u, json!({})),
+        ("wrong iss", Signing::Good, json!({"iss": "https://evil.example.net"})),
+        ("iss with a trailing path", Signing::Good, json!({"iss": format!("{}/evil", idp.issuer)})),
+        ("no iss", Signing::Good, json!({"iss": null})),
+        ("wrong aud", Signing::Good, json!({"aud": "another-client"})),
+        ("aud list without us", Signing::Good, json!({"aud": ["a", "b"]})),
+        ("no aud", Signing::Good, json!({"aud": null})),
+        ("expired", Signing::Good, json!({"exp": now - 600, "iat": now - 900})),
+        ("no exp", Signing::Good, json!({"exp": null})),
+        ("nbf an hour ahead", Signing::Good, json!({"nbf": now + 3600})),
+        ("iat an hour ahead", Signing::Good, json!({"iat": now + 3600, "exp": now + 7200})),
+        ("wrong nonce", Signing::Good, json!({"nonce": "another-request"})),
+        ("no nonce", Signing::Good, json!({"nonce": null})),
+    ];
+    for (what, signing, claims) in refused {
+        idp.set(signing, claims);
+        let before = up.seen().len();
+        let browser = auth_env::Browser::new(p.addr);
+        let (status, url) = follow(&browser, &start).await;
+        let forwarded = up.seen().len() > before;
+        let session = browser.cookie(&start, auth_env::COOKIE_NAME).is_some();
+        tally.case(what, status >= 400 && !session, forwarded || session);
+        assert!(status >= 400 && !session && !forwarded, "{what}: ended {status} at {url}, session {session}");
+    }
+    // Signed in, but the domain rule does not match.
+    for (what, claims) in [
+        ("a@evil.com@corp.com", json!({"email": "a@evil.com@corp.com"})),
+        ("unverified corp.com email", json!({"email": "mallory@corp.com", "email_verified": false})),
+        ("corp.com as a suffix", json!({"email": "a@evilcorp.com"})),
+        ("corp.com in the local part", json!({"email": "corp.com@evil.com"})),
+    ] {
+        idp.set(Signing::Good, claims);
+        let before = up.seen().len();
+        let browser = auth_env::Browser::new(p.addr);
+        let (status, url) = follow(&browser, &start).await;
+        let forwarded = up.seen().len() > before;
+        tally.case(what, status == 403, forwarded);
+        assert_eq!(status, 403, "{what}: ended at {url}");
+    }
+    still_serves(&p, &up, "other.example.com").await;
+    tally.finish();
+}
+
+// ---------------------------------------------------------------------------
 // G. CORS
 // ---------------------------------------------------------------------------
 
