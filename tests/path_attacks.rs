@@ -122,6 +122,12 @@ const CASES: &[(&str, Expect)] = &[
     ("/pub\u{FF0F}..\u{FF0F}admin", Refused),
     ("/pub/\u{2024}\u{2024}/admin", Refused),
     ("/pub/\u{FE52}\u{FE52}/admin", Refused),
+    // Folded to `?` or `#`, these would end the path at `/admin` upstream
+    // while matching no `/admin` rule here.
+    ("/admin%EF%BC%9Fx", Refused),
+    ("/admin\u{FF1F}x", Refused),
+    ("/admin%EF%BC%83/public", Refused),
+    ("/admin%EF%B9%96", Refused),
     // Overlong UTF-8, NUL, bad escapes.
     ("/pub/%C0%AE%C0%AE/admin", Refused),
     ("/pub/%E0%80%AE%E0%80%AE/admin", Refused),

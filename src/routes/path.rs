@@ -46,12 +46,15 @@
 //!    because they split off parameters before decoding, so it is forwarded
 //!    as is. That is how a client sends a literal `;` ([`PathError::Semicolon`]).
 //! 9. No character that Unicode compatibility folding (NFKC) turns into `.`,
-//!    `/`, `\`, `%` or `;`, such as U+FF0E FULLWIDTH FULL STOP, U+2024 ONE
-//!    DOT LEADER, U+FF0F or U+FF3C. The same goes for the look-alike slashes
-//!    and stops that best-fit mappings and IDNA turn into `/`, `\` or `.`,
-//!    such as U+2215 DIVISION SLASH, U+2044 FRACTION SLASH and U+3002
-//!    IDEOGRAPHIC FULL STOP. This holds raw or percent-encoded: after
-//!    folding, `/pub/．．/admin` is `/pub/../admin` ([`PathError::Confusable`]).
+//!    `/`, `\`, `%`, `;`, `?` or `#`, such as U+FF0E FULLWIDTH FULL STOP,
+//!    U+2024 ONE DOT LEADER, U+FF0F, U+FF3C or U+FF1F FULLWIDTH QUESTION
+//!    MARK (a folded `?` or `#` ends the path early: `/admin？x` is `/admin`
+//!    there, but matches no `/admin` rule here). The same goes for the
+//!    look-alike slashes and stops that best-fit mappings and IDNA turn into
+//!    `/`, `\` or `.`, such as U+2215 DIVISION SLASH, U+2044 FRACTION SLASH
+//!    and U+3002 IDEOGRAPHIC FULL STOP. This holds raw or percent-encoded:
+//!    after folding, `/pub/．．/admin` is `/pub/../admin`
+//!    ([`PathError::Confusable`]).
 //!
 //! What is accepted is then written in one form. Percent-encoded unreserved
 //! characters (RFC 3986 §2.3) are decoded (`%2e` is `.`, `%61` is `a`). Every
@@ -74,10 +77,10 @@
 //! Most paths are already normal, so [`validate`] reads the input once. In
 //! that one pass it checks every rule above and notes whether anything would
 //! change. A path that needs no change is answered with one copy. Rules 7 to
-//! 9 add no extra pass: double encoding is a lookahead of two decoded bytes,
+//! 9 add no extra pass: double encoding is a few states carried byte to byte,
 //! `;` is one byte compare, and the Unicode check runs only when the UTF-8
 //! check completes a non-ASCII character (a binary search in a table of about
-//! fifty characters). Only a path that must change goes on to [`rewrite`],
+//! sixty characters). Only a path that must change goes on to [`rewrite`],
 //! a second linear pass into a buffer allocated once with an exact upper
 //! bound.
 
@@ -255,9 +258,9 @@ fn confusable(character: char) -> Option<PathError> {
 /// Non-ASCII characters that some server may read as a path delimiter, with
 /// what it reads. Sorted by character, for the binary search.
 ///
-/// These are every character whose NFKC form contains `.`, `/`, `\`, `%` or
-/// `;` (Unicode 14 data, by `unicodedata.normalize('NFKC', c)` over all code
-/// points), plus the look-alikes that best-fit code-page mappings and IDNA
+/// These are every character whose NFKC form contains `.`, `/`, `\`, `%`,
+/// `;`, `?` or `#` (Unicode 14 data, by `unicodedata.normalize('NFKC', c)`
+/// over all code points), plus the look-alikes that best-fit code-page mappings and IDNA
 /// turn into `/`, `\` or `.`.
 const CONFUSABLES: &[(char, &str)] = &[
     ('\u{037E}', ";"),    // GREEK QUESTION MARK
@@ -265,6 +268,9 @@ const CONFUSABLES: &[(char, &str)] = &[
     ('\u{2025}', ".."),   // TWO DOT LEADER
     ('\u{2026}', "..."),  // HORIZONTAL ELLIPSIS
     ('\u{2044}', "/"),    // FRACTION SLASH (look-alike)
+    ('\u{2047}', "??"),   // DOUBLE QUESTION MARK
+    ('\u{2048}', "?!"),   // QUESTION EXCLAMATION MARK
+    ('\u{2049}', "!?"),   // EXCLAMATION QUESTION MARK
     ('\u{2100}', "a/c"),  // ACCOUNT OF
     ('\u{2101}', "a/s"),  // ADDRESSED TO THE SUBJECT
     ('\u{2105}', "c/o"),  // CARE OF
@@ -299,16 +305,21 @@ const CONFUSABLES: &[(char, &str)] = &[
     ('\u{33C7}', "Co."),  // SQUARE CO
     ('\u{33D8}', "p.m."), // SQUARE PM
     ('\u{FE14}', ";"),    // PRESENTATION FORM FOR VERTICAL SEMICOLON
+    ('\u{FE16}', "?"),    // PRESENTATION FORM FOR VERTICAL QUESTION MARK
     ('\u{FE19}', "..."),  // PRESENTATION FORM FOR VERTICAL HORIZONTAL ELLIPSIS
     ('\u{FE30}', ".."),   // PRESENTATION FORM FOR VERTICAL TWO DOT LEADER
     ('\u{FE52}', "."),    // SMALL FULL STOP
     ('\u{FE54}', ";"),    // SMALL SEMICOLON
+    ('\u{FE56}', "?"),    // SMALL QUESTION MARK
+    ('\u{FE5F}', "#"),    // SMALL NUMBER SIGN
     ('\u{FE68}', "\\"),   // SMALL REVERSE SOLIDUS
     ('\u{FE6A}', "%"),    // SMALL PERCENT SIGN
+    ('\u{FF03}', "#"),    // FULLWIDTH NUMBER SIGN
     ('\u{FF05}', "%"),    // FULLWIDTH PERCENT SIGN
     ('\u{FF0E}', "."),    // FULLWIDTH FULL STOP
     ('\u{FF0F}', "/"),    // FULLWIDTH SOLIDUS
     ('\u{FF1B}', ";"),    // FULLWIDTH SEMICOLON
+    ('\u{FF1F}', "?"),    // FULLWIDTH QUESTION MARK
     ('\u{FF3C}', "\\"),   // FULLWIDTH REVERSE SOLIDUS
     ('\u{FF61}', "."),    // HALFWIDTH IDEOGRAPHIC FULL STOP (look-alike)
     ('\u{1F100}', "0."),  // DIGIT ZERO FULL STOP
@@ -673,6 +684,10 @@ mod tests {
         ("/admin\u{37E}x", confusable('\u{37E}', ";")),
         ("/pub/\u{3002}\u{3002}/admin", confusable('\u{3002}', ".")),
         ("/\u{1F100}", confusable('\u{1F100}', "0.")),
+        ("/admin\u{FF1F}x", confusable('\u{FF1F}', "?")),
+        ("/admin%EF%BC%9Fx", confusable('\u{FF1F}', "?")),
+        ("/admin\u{FF03}/public", confusable('\u{FF03}', "#")),
+        ("/admin\u{FE56}", confusable('\u{FE56}', "?")),
         // Several faults of the new rules: still the earliest rule.
         ("/%252e;", PathError::DoubleEncoding),
         ("/\u{FF0E};", PathError::Semicolon),
@@ -767,7 +782,7 @@ mod tests {
         assert!(CONFUSABLES.windows(2).all(|w| w[0].0 < w[1].0), "sorted for binary search");
         for (c, reads_as) in CONFUSABLES {
             assert!(!c.is_ascii(), "{c:?}");
-            assert!(reads_as.contains(['.', '/', '\\', '%', ';']), "{c:?} reads as {reads_as:?}");
+            assert!(reads_as.contains(['.', '/', '\\', '%', ';', '?', '#']), "{c:?} reads as {reads_as:?}");
         }
     }
 
