@@ -1148,6 +1148,69 @@ async fn id_tokens_a_hostile_idp_signs_are_refused() {
     tally.finish();
 }
 
+/// B.17 (Envoy CVE-2023-27493, CVE-2019-9900), through sign-in: claims
+/// with CR, LF and NUL (name, email, groups, `sub`, a custom claim) from
+/// the IdP never become header lines: upstreams get them only inside the
+/// signed assertion, and no injected header appears on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_with_cr_lf_or_nul_never_become_header_lines() {
+    use serde_json::json;
+    let idp = HostileIdp::start().await;
+    let up = Upstream::start("up").await;
+    let port = support::free_port();
+    let config = format!(
+        "address: 127.0.0.1:{port}\ncookie_secret: {}\nauthenticate_service_url: https://authenticate.example.com:{port}\n\
+         idp_provider: oidc\nidp_provider_url: {}\nidp_client_id: postern\nidp_client_secret: {HOSTILE_CLIENT_SECRET}\n\
+         routes:\n  - from: https://app.example.com\n    to: {}\n    allow_any_authenticated_user: true\n    pass_identity_headers: true\n{}",
+        auth_env::COOKIE_SECRET,
+        idp.issuer,
+        up.url(),
+        public("https://other.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let start = format!("https://app.example.com:{port}/claims");
+    let mut tally = Tally::new("B.17 CR/LF/NUL claims");
+    let injections = ["\r\nX-Injected: 1", "\nX-Injected: 1", "\rX-Injected: 1", "\u{0}X-Injected: 1"];
+    for (i, inj) in injections.iter().enumerate() {
+        idp.set(
+            Signing::Good,
+            json!({
+                "sub": format!("alice{i}{inj}"), "name": format!("Alice{inj}"),
+                "email": format!("alice{i}@corp.com{inj}"), "groups": [format!("admins{inj}")],
+                "department": format!("eng{inj}"),
+            }),
+        );
+        let before = up.seen().len();
+        let browser = auth_env::Browser::new(p.addr);
+        let (status, url) = follow(&browser, &start).await;
+        // Either signed in and forwarded with the claims sealed in the
+        // assertion, or refused; never an injected header line.
+        let seen: Vec<_> = up.seen().into_iter().skip(before).collect();
+        let injected = seen.iter().any(|r| {
+            r.headers.contains_key("x-injected")
+                || r.headers.values().any(|v| v.as_bytes().iter().any(|b| matches!(b, b'\r' | b'\n' | 0)))
+        });
+        if status == 200 {
+            let seen = seen.last().expect("forwarded");
+            let assertion = seen.headers.get("x-postern-jwt-assertion").expect("an assertion").to_str().expect("ascii");
+            assert!(assertion.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{assertion}");
+            let page = browser
+                .client
+                .get(format!("https://app.example.com:{port}/.postern/user"))
+                .header("accept", "text/html")
+                .send()
+                .await
+                .expect("user page");
+            assert_eq!(page.status(), 200, "{inj:?}: the user page");
+            assert!(!page.headers().contains_key("x-injected"), "{inj:?}: the user page has an injected header");
+        }
+        tally.case(&format!("claims with {inj:?}"), !injected, injected);
+        assert!(!injected, "{inj:?}: ended {status} at {url}; an injected header reached the upstream");
+    }
+    still_serves(&p, &up, "other.example.com").await;
+    tally.finish();
+}
+
 // ---------------------------------------------------------------------------
 // G. CORS
 // ---------------------------------------------------------------------------
