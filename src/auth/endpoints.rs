@@ -203,8 +203,9 @@ pub(crate) async fn authenticate_host(auth: &Auth, req: EndpointRequest<'_>) -> 
             let sealed = auth.sealer.seal(Purpose::State, &state);
             let location = oidc.authorization_url(sealed, &state.pkce_verifier, &state.nonce).await?;
             let flow_cookie = csrf_cookie_for(&csrf_cookie_name, &csrf);
-            let csrf_cookie = auth.authenticate_cookie(&flow_cookie).set(&csrf, SIGN_IN_TTL);
-            Ok(Reply::Redirect { location, cookies: vec![csrf_cookie] })
+            let mut cookies = clear_if_too_many(auth, &req.headers, &format!("{csrf_cookie_name}_"));
+            cookies.push(auth.authenticate_cookie(&flow_cookie).set(&csrf, SIGN_IN_TTL));
+            Ok(Reply::Redirect { location, cookies })
         }
         "/oauth2/callback" => {
             if let Some(error) = req.param("error") {
@@ -268,6 +269,30 @@ pub(crate) async fn authenticate_host(auth: &Auth, req: EndpointRequest<'_>) -> 
         }),
         _ => Err(AuthError::BadRequest("no such endpoint on the authenticate host")),
     }
+}
+
+/// Most login-CSRF cookies a browser keeps: one per sign-in attempt still
+/// in flight (tabs), each living [`SIGN_IN_TTL`].
+const MAX_CSRF_COOKIES: usize = 8;
+
+/// Clears every cookie named `prefix*` the request carries once there are
+/// [`MAX_CSRF_COOKIES`] of them, so abandoned or planted attempts cannot
+/// pile up until the browser's `Cookie` header is too large to send
+/// (oauth2-proxy #2615). The attempts they belonged to fail with "state
+/// mismatch" and can be started again.
+fn clear_if_too_many(auth: &Auth, headers: &HeaderMap, prefix: &str) -> Vec<HeaderValue> {
+    let names: std::collections::BTreeSet<&str> = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('=').map(|(k, _)| k.trim()))
+        .filter(|name| name.starts_with(prefix))
+        .collect();
+    if names.len() < MAX_CSRF_COOKIES {
+        return Vec::new();
+    }
+    names.into_iter().map(|name| auth.authenticate_cookie(name).clear()).collect()
 }
 
 /// The login-CSRF cookie of one sign-in attempt: named after its value, so
