@@ -1211,6 +1211,61 @@ async fn claims_with_cr_lf_or_nul_never_become_header_lines() {
     tally.finish();
 }
 
+/// D.27 (oauth2-proxy #967, #2615): login-CSRF cookies (one per sign-in
+/// attempt) are capped: a browser carrying many, planted or abandoned, has
+/// them cleared when it starts another sign-in, so its `Cookie` header
+/// cannot grow until it is refused. (Missing, mismatched and replayed state
+/// are `auth_attacks::the_oauth_callback_refuses_state_mismatch_and_replayed_codes`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_csrf_cookies_are_capped() {
+    let idp = HostileIdp::start().await;
+    let up = Upstream::start("up").await;
+    let port = support::free_port();
+    let config = format!(
+        "address: 127.0.0.1:{port}\ncookie_secret: {}\nauthenticate_service_url: https://authenticate.example.com:{port}\n\
+         idp_provider: oidc\nidp_provider_url: {}\nidp_client_id: postern\nidp_client_secret: {HOSTILE_CLIENT_SECRET}\n\
+         routes:\n{}{}",
+        auth_env::COOKIE_SECRET,
+        idp.issuer,
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://other.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("D.27 login-CSRF cookie cap");
+    let host = format!("app.example.com:{port}");
+    let r = raw_tls(p.addr, "app.example.com", &get(&host, "/", "Accept: text/html\r\n")).await.expect("a response");
+    let sign_in = r.header("location").expect("a redirect to sign in");
+    let path =
+        sign_in.split_once(&format!("authenticate.example.com:{port}")).expect("authenticate host").1.to_string();
+    let auth_host = format!("authenticate.example.com:{port}");
+    for planted in [3usize, 8, 40] {
+        let jar: Vec<String> = (0..planted).map(|i| format!("_postern_csrf_{i:08}=planted{i}")).collect();
+        let cookie = format!("Cookie: theme=dark; {}\r\n", jar.join("; "));
+        let r =
+            raw_tls(p.addr, "authenticate.example.com", &get(&auth_host, &path, &cookie)).await.expect("a response");
+        assert_eq!(r.status, 302, "{planted} planted: {}", r.head);
+        let set: Vec<String> = r
+            .head
+            .split("\r\n")
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+            .map(|(_, v)| v.trim().to_string())
+            .collect();
+        let cleared = set.iter().filter(|c| c.starts_with("_postern_csrf_") && c.contains("Max-Age=0")).count();
+        let fresh = set.iter().filter(|c| c.starts_with("_postern_csrf_") && !c.contains("Max-Age=0")).count();
+        assert_eq!(fresh, 1, "one new attempt: {set:?}");
+        assert!(!set.iter().any(|c| c.starts_with("theme=")), "other cookies are left alone");
+        if planted < 8 {
+            assert_eq!(cleared, 0, "{planted} attempts in flight are kept: {set:?}");
+        } else {
+            tally.case(&format!("{planted} login-CSRF cookies"), cleared == planted, false);
+            assert_eq!(cleared, planted, "{planted} planted are cleared: {set:?}");
+        }
+    }
+    still_serves(&p, &up, "other.example.com").await;
+    tally.finish();
+}
+
 // ---------------------------------------------------------------------------
 // G. CORS
 // ---------------------------------------------------------------------------
