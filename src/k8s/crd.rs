@@ -77,6 +77,11 @@ pub struct RouteResourceSpec {
     pub idle_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_websockets: Option<bool>,
+    /// Largest request body: bytes (`1048576`) or with a unit (`10MiB`,
+    /// `512k`); `0` lifts the `default_max_request_body` setting. Larger
+    /// bodies are answered with 413.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body: Option<k8s_openapi::apimachinery::pkg::util::intstr::IntOrString>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_skip_verify: Option<bool>,
     /// PEM bundle of CAs trusted for https upstreams.

@@ -109,22 +109,56 @@ impl Body for Observed {
     }
 }
 
+/// What a request body may do on its way upstream.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BodyLimits {
+    /// Most bytes (the route's `max_request_body`); `None`: no limit.
+    pub max: Option<u64>,
+    /// Longest stall between two frames (`request_body_timeout`); `None`: never.
+    pub stall: Option<Duration>,
+}
+
+/// Why a request body was cut off before it reached the upstream whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BodyCut {
+    #[error("request body larger than max_request_body")]
+    TooLarge,
+    #[error("request body stalled longer than request_body_timeout")]
+    Stalled,
+}
+
 /// The client's request body, shared between forwarding attempts.
 pub(crate) struct RequestBody {
     slot: Mutex<Option<Incoming>>,
     /// Set once the whole body has been handed to an upstream.
     sent: tokio::sync::Notify,
     finished: std::sync::atomic::AtomicBool,
+    limits: BodyLimits,
+    /// Set once the body was cut off; the upstream request then fails and
+    /// the pipeline answers by this, not by the upstream error.
+    cut: Mutex<Option<BodyCut>>,
 }
 
 impl RequestBody {
-    pub(crate) fn new(body: Incoming) -> Arc<Self> {
+    pub(crate) fn new(body: Incoming, limits: BodyLimits) -> Arc<Self> {
         let finished = body.is_end_stream();
         Arc::new(RequestBody {
             slot: Mutex::new(Some(body)),
             sent: tokio::sync::Notify::new(),
             finished: std::sync::atomic::AtomicBool::new(finished),
+            limits,
+            cut: Mutex::new(None),
         })
+    }
+
+    /// Why the body was cut off, if it was.
+    pub(crate) fn cut(&self) -> Option<BodyCut> {
+        *self.cut.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cut_off(&self, why: BodyCut) -> BoxError {
+        *self.cut.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        Box::new(why)
     }
 
     /// Resolves once the upstream has received the whole request body
@@ -159,6 +193,10 @@ pub(crate) struct Reclaimable {
     taken: Option<Incoming>,
     end_stream: bool,
     hint: SizeHint,
+    /// Body bytes read so far, for `max_request_body`.
+    read: u64,
+    /// Fires when the body stalls (`request_body_timeout`); reset by each frame.
+    stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl Reclaimable {
@@ -168,28 +206,60 @@ impl Reclaimable {
         let body = guard.as_ref()?;
         let (end_stream, hint) = (body.is_end_stream(), body.size_hint());
         drop(guard);
-        Some(Reclaimable { shared: shared.clone(), taken: None, end_stream, hint })
+        // No timer for a bodiless request: nothing can stall.
+        let stall = shared.limits.stall.filter(|_| !end_stream).map(|t| Box::pin(tokio::time::sleep(t)));
+        Some(Reclaimable { shared: shared.clone(), taken: None, end_stream, hint, read: 0, stall })
     }
 }
 
 impl Body for Reclaimable {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if self.taken.is_none() {
             let body = self.shared.slot.lock().ok().and_then(|mut s| s.take());
             match body {
-                Some(b) => self.taken = Some(b),
+                Some(b) => {
+                    self.taken = Some(b);
+                    // The stall timer counts from the first poll, not from
+                    // when the attempt was prepared.
+                    if let (Some(t), Some(stall)) = (self.shared.limits.stall, self.stall.as_mut()) {
+                        stall.as_mut().reset(tokio::time::Instant::now() + t);
+                    }
+                }
                 None => return Poll::Ready(None),
             }
         }
-        let Some(body) = self.taken.as_mut() else { return Poll::Ready(None) };
-        let polled = Pin::new(body).poll_frame(cx);
-        if matches!(polled, Poll::Ready(None)) {
-            self.shared.mark_sent();
+        let this = &mut *self;
+        let Some(body) = this.taken.as_mut() else { return Poll::Ready(None) };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.shared.mark_sent();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if this.shared.limits.max.is_some_and(|max| this.read > max) {
+                        return Poll::Ready(Some(Err(this.shared.cut_off(BodyCut::TooLarge))));
+                    }
+                }
+                if let (Some(t), Some(stall)) = (this.shared.limits.stall, this.stall.as_mut()) {
+                    stall.as_mut().reset(tokio::time::Instant::now() + t);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Pending => {
+                if let Some(stall) = this.stall.as_mut()
+                    && stall.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(this.shared.cut_off(BodyCut::Stalled))));
+                }
+                Poll::Pending
+            }
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -19,7 +19,7 @@ use futures_util::TryFutureExt;
 use futures_util::future::Either;
 use http_body_util::BodyExt;
 
-use super::body::{ProxyBody, Reclaimable, RequestBody};
+use super::body::{BodyLimits, ProxyBody, Reclaimable, RequestBody};
 use super::direct::{self, DirectError};
 use super::hop::strip_hop_by_hop;
 use super::pool::PoolError;
@@ -242,6 +242,7 @@ impl<'a> Outbound<'a> {
         peer: &Peer,
         authority: HeaderValue,
         path: &'a str,
+        limits: BodyLimits,
     ) -> Self {
         let upgrade = if route.allow_websockets { upgrade_requested(&req) } else { None };
         let (mut parts, body) = req.into_parts();
@@ -261,7 +262,7 @@ impl<'a> Outbound<'a> {
             parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             parts.headers.insert(header::UPGRADE, proto.clone());
         }
-        Outbound { parts, body: RequestBody::new(body), path, query, authority }
+        Outbound { parts, body: RequestBody::new(body, limits), path, query, authority }
     }
 
     /// The request for one attempt. `last` means no retry can follow (a

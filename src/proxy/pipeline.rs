@@ -14,7 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::Proxy;
-use super::body::{Observed, ProxyBody, empty, full};
+use super::body::{BodyCut, BodyLimits, Observed, ProxyBody, empty, full};
 use super::forward::{self, Outbound, Peer};
 use super::respond::{ProxyError, error_response, is_navigation};
 use crate::auth::endpoints::{self, EndpointRequest, Reply, RouteHost};
@@ -267,19 +267,43 @@ async fn act(
     let client_upgrade =
         (route.allow_websockets && forward::upgrade_requested(&req).is_some()).then(|| hyper::upgrade::on(&mut req));
     let authority = client_authority_value(&req).ok_or(ProxyError::NoHost)?;
-    let out = Outbound::new(req, route, peer, authority, &ctx.path);
+    let limits = body_limits(proxy, route, &req)?;
+    let out = Outbound::new(req, route, peer, authority, &ctx.path, limits);
+    let body = out.body.clone();
     let metrics = proxy.metrics.clone();
     let name = route.name.clone();
     // Boxed, as are the endpoint and sign-in futures: each enclosing
     // future would otherwise carry its kilobytes, and every level of
     // `.await` copies its child whole (measured: memcpy was the largest
     // single item in a request's profile).
-    let (resp, upstream) = Box::pin(forward::forward(route, upstreams, out, client_upgrade, move |kind| {
+    let forwarded = Box::pin(forward::forward(route, upstreams, out, client_upgrade, move |kind| {
         metrics.upstream_error(&name, kind)
     }))
-    .await?;
+    .await;
+    // A body cut off by a limit fails the upstream request; the answer is
+    // the client's fault, not the upstream's.
+    let (resp, upstream) = match (forwarded, body.cut()) {
+        (Err(_), Some(BodyCut::TooLarge)) => return Err(ProxyError::BodyTooLarge),
+        (Err(_), Some(BodyCut::Stalled)) => return Err(ProxyError::BodyTimeout),
+        (result, _) => result?,
+    };
     ctx.upstream = Some(upstream);
     Ok(resp)
+}
+
+/// The route's body limits for this request. A `Content-Length` over
+/// `max_request_body` is refused before anything is sent upstream; a
+/// chunked body is counted as it streams.
+fn body_limits(proxy: &Proxy, route: &Route, req: &Request<Incoming>) -> Result<BodyLimits, ProxyError> {
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if let (Some(max), Some(len)) = (route.max_request_body, declared)
+        && len > max
+    {
+        return Err(ProxyError::BodyTooLarge);
+    }
+    let stall = proxy.routes.snapshot().limits().request_body_timeout;
+    Ok(BodyLimits { max: route.max_request_body, stall: (!stall.is_zero()).then_some(stall) })
 }
 
 /// Collects what an endpoint needs from the request (and a small form body).
