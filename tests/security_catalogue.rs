@@ -1386,6 +1386,64 @@ async fn snippet_keys_are_refused_by_name_and_never_applied() {
     tally.finish();
 }
 
+/// H.52 (IngressNightmare, CVE-2025-1974; CVE-2026-24514): Postern has no
+/// admission webhook and never runs a validator over tenant config. An
+/// AdmissionReview carrying an injected `ssl_engine` sent to every path a
+/// webhook would use, on the proxy listener and the admin listener, gets no
+/// review back (404 or 401), and nothing reaches an upstream.
+#[tokio::test]
+async fn there_is_no_admission_webhook_to_reach() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "metrics_address: 127.0.0.1:0\nroutes:\n{}{}",
+        protected("https://app.example.com", &up.url(), ""),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let metrics = p.metrics.expect("metrics listener");
+    let mut tally = Tally::new("H.52 admission webhook");
+    let review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "1", "object": {"metadata": {"annotations": {
+            "nginx.ingress.kubernetes.io/auth-url": "http://x/#;\nssl_engine /tmp/evil.so;"
+        }}}}
+    })
+    .to_string();
+    for path in [
+        "/",
+        "/validate",
+        "/admission",
+        "/networking/v1/ingresses",
+        "/validate-networking-k8s-io-v1-ingress",
+        "/mutate",
+    ] {
+        for host in ["app.example.com", "unknown.example.com"] {
+            let request = format!(
+                "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{review}",
+                review.len()
+            );
+            let before = up.seen().len();
+            let r = raw_tls(p.addr, "app.example.com", request.as_bytes()).await.expect("a response");
+            let answered = r.body_text().contains("AdmissionReview");
+            tally.case(&format!("{host}{path}"), !answered && matches!(r.status, 401 | 404), up.seen().len() > before);
+            assert!(!answered && matches!(r.status, 401 | 404), "{host}{path}: {}", r.head);
+        }
+        let resp = support::client_to(metrics)
+            .post(format!("http://{metrics}{path}"))
+            .header("content-type", "application/json")
+            .body(review.clone())
+            .send()
+            .await
+            .expect("admin listener");
+        let status = resp.status().as_u16();
+        let answered = resp.text().await.expect("body").contains("AdmissionReview");
+        tally.case(&format!("admin {path}"), !answered && status >= 400, false);
+        assert!(!answered && status >= 400, "admin listener {path}: {status}");
+    }
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}
+
 /// H.54 (ingress-nginx CVE-2026-24513): an upstream's or a direct
 /// response's status never turns Postern's 401/403 into a 200, and an
 /// auth failure is never answered by the upstream.
