@@ -1,0 +1,350 @@
+//! Request and connection limits against a running `postern`: each limit
+//! just under (forwarded) and just over (refused with its status, nothing
+//! upstream), and the proxy still serving afterwards. Limits are set small
+//! in the config so the tests stay fast; timeouts are a few hundred ms.
+//!
+//! Plain HTTP (`insecure_server`) over raw TCP: the requests here are ones
+//! reqwest refuses to send (two `Host` headers, stalled bodies).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::Postern;
+use support::upstream::Upstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const HOST: &str = "app.example.com";
+
+/// A proxy with `settings` (top-level YAML lines) and one public route to
+/// `up` with `route_extra` (lines indented by four spaces).
+fn start(up: &Upstream, settings: &str, route_extra: &str) -> Postern {
+    Postern::start(&format!(
+        "insecure_server: true\nmetrics_address: 127.0.0.1:0\n{settings}routes:\n  - from: http://{HOST}\n    to: {}\n    allow_public_unauthenticated_access: true\n{route_extra}",
+        up.url()
+    ))
+}
+
+/// Sends `request` on a fresh connection and returns the status code of
+/// the first response, or `None` if the connection closed without one.
+/// Bounded by 10 s.
+async fn status_of(p: &Postern, request: &[u8]) -> Option<u16> {
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect to proxy");
+    // A refused request may close the socket before all of it is written.
+    let _ = tcp.write_all(request).await;
+    read_status(&mut tcp, Duration::from_secs(10)).await
+}
+
+/// Reads until a status line arrives, the peer closes, or `limit` passes.
+async fn read_status(tcp: &mut TcpStream, limit: Duration) -> Option<u16> {
+    let deadline = Instant::now() + limit;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(2).position(|w| w == b"\r\n") {
+            let line = String::from_utf8_lossy(&buf[..end]).to_string();
+            return line.split(' ').nth(1).and_then(|s| s.parse().ok());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return None,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => panic!("no response within {limit:?}; got {:?}", String::from_utf8_lossy(&buf)),
+        }
+    }
+}
+
+/// How long until the proxy closes `tcp` (reading and discarding what it
+/// sends), or `None` if it is still open after `limit`.
+async fn closed_within(tcp: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let left = (start + limit).saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(start.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+/// A GET with `headers` (full lines without CRLF) and `Connection: close`.
+fn get(path: &str, headers: &[String]) -> Vec<u8> {
+    let mut r = format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n");
+    for h in headers {
+        r.push_str(h);
+        r.push_str("\r\n");
+    }
+    r.push_str("\r\n");
+    r.into_bytes()
+}
+
+/// A header line `name: vvv…` of exactly `size` bytes of name plus value
+/// (what the limits count).
+fn header_of(name: &str, size: usize) -> String {
+    format!("{name}: {}", "v".repeat(size - name.len()))
+}
+
+/// The proxy answers a plain request with 200 from the upstream.
+async fn still_serves(p: &Postern, up: &Upstream) {
+    let before = up.seen().len();
+    assert_eq!(status_of(p, &get("/after", &[])).await, Some(200), "proxy stopped serving");
+    assert_eq!(up.seen().len(), before + 1, "the check request reached the upstream once");
+}
+
+#[tokio::test]
+async fn one_header_over_max_header_bytes_is_431_and_not_forwarded() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "max_header_bytes: 4KiB\n", "");
+
+    assert_eq!(status_of(&p, &get("/under", &[header_of("x-big", 4096)])).await, Some(200));
+    assert_eq!(up.seen().len(), 1);
+    assert_eq!(up.last().headers["x-big"].len(), 4096 - "x-big".len());
+
+    assert_eq!(status_of(&p, &get("/over", &[header_of("x-big", 4097)])).await, Some(431));
+    // A cookie is a header like any other.
+    assert_eq!(status_of(&p, &get("/cookie", &[header_of("cookie", 4097)])).await, Some(431));
+    assert!(up.seen().iter().all(|s| s.target == "/under"), "refused requests reached the upstream");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn headers_together_over_max_header_list_bytes_are_431_and_not_forwarded() {
+    let up = Upstream::start("up").await;
+    // 8 KiB is the smallest list hyper's HTTP/1 reader allows. Each header
+    // here is under max_header_bytes; only their sum is too much.
+    let p = start(&up, "max_header_list_bytes: 8KiB\nmax_header_bytes: 4KiB\n", "");
+
+    let under: Vec<String> = (0..2).map(|i| header_of(&format!("x-h{i}"), 3000)).collect();
+    assert_eq!(status_of(&p, &get("/under", &under)).await, Some(200));
+
+    // Three 3000-byte headers: 9000 bytes, over 8192 even before the
+    // request line, answered by hyper's read buffer limit.
+    let over: Vec<String> = (0..3).map(|i| header_of(&format!("x-h{i}"), 3000)).collect();
+    assert_eq!(status_of(&p, &get("/over", &over)).await, Some(431));
+    // The 70 KiB header of issue 17 (over any list limit hyper allows here).
+    assert_eq!(status_of(&p, &get("/huge", &[header_of("x-huge", 70 * 1024)])).await, Some(431));
+    // Many cookie headers, each small.
+    let cookies: Vec<String> = (0..5).map(|i| format!("cookie: c{i}={}", "x".repeat(2000))).collect();
+    assert_eq!(status_of(&p, &get("/cookies", &cookies)).await, Some(431));
+
+    assert!(up.seen().iter().all(|s| s.target == "/under"), "refused requests reached the upstream");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn a_target_over_max_uri_bytes_is_414_and_not_forwarded() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "max_uri_bytes: 1024\n", "");
+
+    let path = |len: usize| format!("/{}", "a".repeat(len - 1));
+    assert_eq!(status_of(&p, &get(&path(1024), &[])).await, Some(200));
+    assert_eq!(up.last().target.len(), 1024);
+    assert_eq!(status_of(&p, &get(&path(1025), &[])).await, Some(414));
+    // The query counts too.
+    assert_eq!(status_of(&p, &get(&format!("/q?{}", "b".repeat(1022)), &[])).await, Some(414));
+
+    assert_eq!(up.seen().len(), 1, "refused requests reached the upstream");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn more_headers_than_max_header_count_is_431_and_not_forwarded() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "max_header_count: 10\n", "");
+
+    // Host and Connection are two of the ten.
+    let extra = |n: usize| (0..n).map(|i| format!("x-h{i}: 1")).collect::<Vec<_>>();
+    assert_eq!(status_of(&p, &get("/under", &extra(8))).await, Some(200));
+    assert_eq!(status_of(&p, &get("/over", &extra(9))).await, Some(431));
+
+    assert!(up.seen().iter().all(|s| s.target == "/under"), "refused requests reached the upstream");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn two_host_headers_or_a_host_disagreeing_with_the_target_are_400_and_not_forwarded() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "", "");
+
+    let twice = format!("GET /two HTTP/1.1\r\nHost: {HOST}\r\nHost: other.example.com\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&p, twice.as_bytes()).await, Some(400));
+    let same_twice = format!("GET /same HTTP/1.1\r\nHost: {HOST}\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&p, same_twice.as_bytes()).await, Some(400));
+    let absolute = format!("GET http://other.example.com/abs HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&p, absolute.as_bytes()).await, Some(400));
+
+    // An absolute-form target that agrees with Host is served.
+    let agreeing = format!("GET http://{HOST}/ok HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    assert_eq!(status_of(&p, agreeing.as_bytes()).await, Some(200));
+    assert!(up.seen().iter().all(|s| s.target == "/ok"), "refused requests reached the upstream");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn a_silent_or_slow_client_is_closed_after_header_read_timeout() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "header_read_timeout: 300ms\n", "");
+
+    // Never a byte.
+    let mut silent = TcpStream::connect(p.addr).await.expect("connect");
+    let closed = closed_within(&mut silent, Duration::from_secs(5)).await;
+    let closed = closed.expect("a silent connection is still open after 5 s");
+    assert!(closed >= Duration::from_millis(250), "closed after {closed:?}, before the timeout");
+
+    // Half a head, then nothing.
+    let mut slow = TcpStream::connect(p.addr).await.expect("connect");
+    slow.write_all(format!("GET /slow HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes()).await.expect("write");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)).await.is_some(),
+        "a half-sent head is still open after 5 s"
+    );
+
+    // A head sent within the timeout is served.
+    let mut prompt = TcpStream::connect(p.addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    prompt.write_all(&get("/prompt", &[])).await.expect("write");
+    assert_eq!(read_status(&mut prompt, Duration::from_secs(10)).await, Some(200));
+
+    assert!(up.seen().iter().all(|s| s.target == "/prompt"), "a partial head reached the upstream");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_keepalive_timeout() {
+    let up = Upstream::start("up").await;
+    // The header timeout is long so only the keep-alive timeout can close it.
+    let p = start(&up, "keepalive_timeout: 300ms\nheader_read_timeout: 30s\n", "");
+
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    tcp.write_all(format!("GET /first HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).await.expect("write");
+    assert_eq!(read_status(&mut tcp, Duration::from_secs(10)).await, Some(200));
+    let closed = closed_within(&mut tcp, Duration::from_secs(5)).await;
+    assert!(closed.is_some(), "an idle keep-alive connection is still open after 5 s");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_closed_and_counted() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "max_connections: 2\n", "");
+
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+        tcp.write_all(format!("GET /held HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).await.expect("write");
+        assert_eq!(read_status(&mut tcp, Duration::from_secs(10)).await, Some(200));
+        held.push(tcp);
+    }
+    // The third is accepted by the kernel and closed by the proxy unanswered.
+    let mut third = TcpStream::connect(p.addr).await.expect("connect");
+    let _ = third.write_all(&get("/third", &[])).await;
+    assert_eq!(read_status(&mut third, Duration::from_secs(5)).await, None, "a third connection was answered");
+    let refused = support::metric(&support::scrape(&p).await, "postern_connections_refused_total", &[]);
+    assert!(refused.is_some_and(|n| n >= 1.0), "refusals not counted: {refused:?}");
+    assert!(up.seen().iter().all(|s| s.target == "/held"), "a refused connection reached the upstream");
+
+    // Once one closes there is room again.
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if status_of(&p, &get("/after", &[])).await == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after a connection closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A POST of `len` bytes with Content-Length.
+fn post(path: &str, len: usize) -> Vec<u8> {
+    let mut r = format!("POST {path} HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+        .into_bytes();
+    r.extend(std::iter::repeat_n(b'x', len));
+    r
+}
+
+/// A chunked POST of `len` bytes in chunks of at most 256.
+fn post_chunked(path: &str, len: usize) -> Vec<u8> {
+    let mut r =
+        format!("POST {path} HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            .into_bytes();
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(256);
+        r.extend(format!("{n:x}\r\n").into_bytes());
+        r.extend(std::iter::repeat_n(b'x', n));
+        r.extend(b"\r\n");
+        left -= n;
+    }
+    r.extend(b"0\r\n\r\n");
+    r
+}
+
+#[tokio::test]
+async fn a_body_over_the_route_max_request_body_is_413() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "", "    max_request_body: 1KiB\n");
+
+    assert_eq!(status_of(&p, &post("/under", 1024)).await, Some(200));
+    assert_eq!(up.last().body_len, 1024);
+    assert_eq!(status_of(&p, &post("/over", 1025)).await, Some(413));
+    assert_eq!(up.seen().len(), 1, "a declared-too-large body reached the upstream");
+
+    // Without Content-Length the body is counted as it streams.
+    assert_eq!(status_of(&p, &post_chunked("/chunked-under", 1024)).await, Some(200));
+    assert_eq!(up.last().body_len, 1024);
+    assert_eq!(status_of(&p, &post_chunked("/chunked-over", 1025)).await, Some(413));
+    // The upstream may have begun reading the streamed body; it never got all of it.
+    assert!(
+        up.seen().iter().all(|s| s.target != "/chunked-over" || s.body_len <= 1024),
+        "the whole over-limit body reached the upstream"
+    );
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn default_max_request_body_applies_to_routes_without_their_own() {
+    let up = Upstream::start("up").await;
+    let p = Postern::start(&format!(
+        "insecure_server: true\ndefault_max_request_body: 512\nroutes:\n  - from: http://{HOST}\n    to: {url}\n    allow_public_unauthenticated_access: true\n  - from: http://big.example.com\n    to: {url}\n    allow_public_unauthenticated_access: true\n    max_request_body: 0\n",
+        url = up.url()
+    ));
+    assert_eq!(status_of(&p, &post("/under", 512)).await, Some(200));
+    assert_eq!(status_of(&p, &post("/over", 513)).await, Some(413));
+    // `0` on the route lifts the global limit.
+    let big = String::from_utf8(post("/big", 4096)).expect("ascii").replace(HOST, "big.example.com");
+    assert_eq!(status_of(&p, big.as_bytes()).await, Some(200));
+    assert!(up.seen().iter().all(|s| s.target != "/over"), "an over-limit body reached the upstream");
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_408_and_the_upstream_request_aborted() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "request_body_timeout: 300ms\n", "");
+
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let head = format!("POST /stalled HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    tcp.write_all(&[b'x'; 10]).await.expect("write part of the body");
+    let started = Instant::now();
+    assert_eq!(read_status(&mut tcp, Duration::from_secs(10)).await, Some(408));
+    assert!(started.elapsed() >= Duration::from_millis(250), "408 before the body timeout");
+    // The upstream saw the request begin, but never its whole body.
+    assert!(up.seen().iter().all(|s| s.target != "/stalled" || s.body_len < 100), "the upstream got a complete body");
+
+    // A body that keeps arriving within the timeout is served.
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let head = format!("POST /steady HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 30\r\nConnection: close\r\n\r\n");
+    tcp.write_all(head.as_bytes()).await.expect("write head");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tcp.write_all(&[b'x'; 10]).await.expect("write body part");
+    }
+    assert_eq!(read_status(&mut tcp, Duration::from_secs(10)).await, Some(200));
+    assert_eq!(up.last().body_len, 30);
+    still_serves(&p, &up).await;
+}
