@@ -75,7 +75,10 @@ pub(crate) async fn route_host(
                 req.param("redirect_uri").or_else(|| req.param("pomerium_redirect_uri")).unwrap_or_else(|| "/".into());
             let return_url = redirect::validate(&target, Some(&req.origin), req.known_host)?;
             let location = auth.sign_in_redirect(&return_url).ok_or(AuthError::NotConfigured)?;
-            Ok(Reply::Redirect { location, cookies: vec![] })
+            // No session fixation: whatever session this browser carries
+            // here (perhaps one planted by someone else) ends before the
+            // sign-in, and the callback sets a fresh one.
+            Ok(Reply::Redirect { location, cookies: vec![cookie.clear()] })
         }
         "/.postern/callback" => {
             let token = req.param("token").ok_or(AuthError::BadRequest("callback without a token"))?;
