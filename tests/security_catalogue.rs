@@ -1148,6 +1148,75 @@ async fn id_tokens_a_hostile_idp_signs_are_refused() {
     tally.finish();
 }
 
+/// D.30 (oauth2-proxy GHSA-f24x-5g9q-753f): the sign-in page ends any
+/// session the browser already carries on the route host (here one planted
+/// by mallory), so the user who signs in ends up with their own fresh
+/// session, never the planted one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sign_in_page_ends_a_planted_session() {
+    use serde_json::json;
+    let idp = HostileIdp::start().await;
+    let up = Upstream::start("up").await;
+    let port = support::free_port();
+    let config = format!(
+        "address: 127.0.0.1:{port}\ncookie_secret: {}\nauthenticate_service_url: https://authenticate.example.com:{port}\n\
+         idp_provider: oidc\nidp_provider_url: {}\nidp_client_id: postern\nidp_client_secret: {HOSTILE_CLIENT_SECRET}\n\
+         routes:\n  - from: https://app.example.com\n    to: {}\n    allow_any_authenticated_user: true\n{}",
+        auth_env::COOKIE_SECRET,
+        idp.issuer,
+        up.url(),
+        public("https://other.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("D.30 session fixation");
+    let app = format!("https://app.example.com:{port}");
+    // Mallory's own session.
+    idp.set(Signing::Good, json!({"sub": "mallory", "email": "mallory@corp.com"}));
+    let mallory = auth_env::Browser::new(p.addr);
+    let (status, _) = follow(&mallory, &format!("{app}/")).await;
+    assert_eq!(status, 200, "mallory signs in");
+    let planted = mallory.cookie(&app, auth_env::COOKIE_NAME).expect("mallory's session");
+
+    // The sign-in page, with mallory's session planted: it is cleared.
+    let host = format!("app.example.com:{port}");
+    let cookie = format!("Cookie: {}={planted}\r\nAccept: text/html\r\n", auth_env::COOKIE_NAME);
+    let r = raw_tls(p.addr, "app.example.com", &get(&host, "/.postern/sign_in?redirect_uri=%2F", &cookie))
+        .await
+        .expect("a response");
+    let cleared = r.head.split("\r\n").any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("set-cookie:") && l.contains(&format!("{}=", auth_env::COOKIE_NAME)) && l.contains("max-age=0")
+    });
+    tally.case("planted session at the sign-in page", cleared, !cleared);
+    assert_eq!(r.status, 302, "{}", r.head);
+    assert!(cleared, "the planted session is not cleared: {}", r.head);
+
+    // Alice, whose browser carries mallory's session, signs in: she gets
+    // her own session.
+    idp.set(Signing::Good, json!({"sub": "alice", "email": "alice@corp.com"}));
+    let alice = auth_env::Browser::new(p.addr);
+    let url = reqwest::Url::parse(&app).expect("url");
+    alice.jar.add_cookie_str(&format!("{}={planted}; Path=/", auth_env::COOKIE_NAME), &url);
+    let (status, _) = follow(&alice, &format!("{app}/.postern/sign_in?redirect_uri=%2F")).await;
+    assert_eq!(status, 200, "alice lands");
+    let session = alice.cookie(&app, auth_env::COOKIE_NAME).expect("alice's session");
+    let whoami: serde_json::Value = alice
+        .client
+        .get(format!("{app}/.postern/user"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .expect("user")
+        .json()
+        .await
+        .expect("json");
+    let fixed = session == planted || whoami["user"] != "alice";
+    tally.case("sign-in with a planted session", !fixed, fixed);
+    assert!(!fixed, "alice kept the planted session: {whoami}");
+    still_serves(&p, &up, "other.example.com").await;
+    tally.finish();
+}
+
 /// B.17 (Envoy CVE-2023-27493, CVE-2019-9900), through sign-in: claims
 /// with CR, LF and NUL (name, email, groups, `sub`, a custom claim) from
 /// the IdP never become header lines: upstreams get them only inside the
