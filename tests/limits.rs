@@ -348,3 +348,54 @@ async fn a_stalled_body_is_408_and_the_upstream_request_aborted() {
     assert_eq!(up.last().body_len, 30);
     still_serves(&p, &up).await;
 }
+
+/// An HTTP/2 (prior knowledge) connection to the proxy.
+async fn h2(p: &Postern) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let (send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// Sends a GET for `uri` (its authority is `:authority`) with `headers`
+/// over HTTP/2 and returns the status, bounded by 10 s.
+async fn h2_status(p: &Postern, uri: &str, headers: &[(&str, String)]) -> u16 {
+    let mut send = h2(p).await;
+    let mut req = http::Request::get(uri);
+    for (k, v) in headers {
+        req = req.header(*k, v.as_str());
+    }
+    let req = req.body(http_body_util::Empty::new()).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .expect("HTTP/2 answer within 10 s")
+        .expect("HTTP/2 response");
+    resp.status().as_u16()
+}
+
+#[tokio::test]
+async fn http2_requests_meet_the_same_limits() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "max_header_bytes: 4KiB\nmax_header_list_bytes: 8KiB\nmax_header_count: 10\n", "");
+    let uri = format!("http://{HOST}/h2");
+
+    assert_eq!(h2_status(&p, &uri, &[("x-big", "v".repeat(4096 - 5))]).await, 200);
+    assert_eq!(up.seen().len(), 1);
+    // One header over max_header_bytes: the pipeline's 431.
+    assert_eq!(h2_status(&p, &uri, &[("x-big", "v".repeat(4097 - 5))]).await, 431);
+    // The list over SETTINGS_MAX_HEADER_LIST_SIZE: h2's own 431.
+    let many: Vec<(&str, String)> = ["x-a", "x-b", "x-c"].iter().map(|n| (*n, "v".repeat(3000))).collect();
+    assert_eq!(h2_status(&p, &uri, &many).await, 431);
+    // More headers than max_header_count (HTTP/2 has no parser limit for it).
+    let names = ["x-0", "x-1", "x-2", "x-3", "x-4", "x-5", "x-6", "x-7", "x-8", "x-9", "x-10"];
+    let count: Vec<(&str, String)> = names.iter().map(|n| (*n, "1".to_string())).collect();
+    assert_eq!(h2_status(&p, &uri, &count).await, 431);
+    // A Host header that is not :authority.
+    assert_eq!(h2_status(&p, &uri, &[("host", "other.example.com".to_string())]).await, 400);
+
+    assert_eq!(up.seen().len(), 1, "refused HTTP/2 requests reached the upstream");
+    still_serves(&p, &up).await;
+}
