@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod idp;
+pub mod load;
 pub mod node;
 pub mod redirect_payloads;
 pub mod supervised;
