@@ -698,6 +698,68 @@ async fn oversized_or_missing_sign_in_inputs_are_refused_quickly() {
     tally.finish();
 }
 
+/// C.24, upstream side (Envoy CVE-2023-27496, CVE-2025-64527): an HTTP/2
+/// upstream that answers the connection preface with SETTINGS and GOAWAY
+/// in one write (or a bad SETTINGS value, a GOAWAY with an error, a stray
+/// SETTINGS ack, or not HTTP/2 at all) gets the client an error response,
+/// never a crash, and Postern serves the next request.
+#[tokio::test]
+async fn an_h2_upstream_sending_goaway_with_its_settings_is_an_error_not_a_crash() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SETTINGS: [u8; 9] = [0, 0, 0, 4, 0, 0, 0, 0, 0];
+    const GOAWAY: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    const GOAWAY_PROTOCOL_ERROR: [u8; 17] = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const BAD_WINDOW: [u8; 15] = [0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff];
+    const STRAY_ACK: [u8; 9] = [0, 0, 0, 4, 1, 0, 0, 0, 0];
+    let variants: Vec<(&str, Vec<u8>)> = vec![
+        ("SETTINGS + GOAWAY", [&SETTINGS[..], &GOAWAY[..]].concat()),
+        ("SETTINGS + GOAWAY(PROTOCOL_ERROR)", [&SETTINGS[..], &GOAWAY_PROTOCOL_ERROR[..]].concat()),
+        ("GOAWAY before SETTINGS", [&GOAWAY[..], &SETTINGS[..]].concat()),
+        ("SETTINGS with a window over 2^31-1", BAD_WINDOW.to_vec()),
+        ("stray SETTINGS ack + GOAWAY", [&STRAY_ACK[..], &GOAWAY[..]].concat()),
+        ("not HTTP/2", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_vec()),
+    ];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let current = Arc::new(AtomicUsize::new(0));
+    let answers: Arc<Vec<Vec<u8>>> = Arc::new(variants.iter().map(|(_, b)| b.clone()).collect());
+    let (c, a) = (current.clone(), answers.clone());
+    let task = tokio::spawn(async move {
+        for _ in 0..200 {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let answer = a[c.load(Ordering::SeqCst)].clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await;
+                let _ = s.write_all(&answer).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await;
+            });
+        }
+    });
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "routes:\n{}{}",
+        public("https://h2.example.com", &format!("h2c://{addr}"), "    timeout: 5s\n"),
+        public("https://pub.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("C.24 hostile h2 upstream");
+    for (i, (what, _)) in variants.iter().enumerate() {
+        current.store(i, Ordering::SeqCst);
+        for n in 0..2 {
+            let started = Instant::now();
+            let r = raw_tls(p.addr, "h2.example.com", &get("h2.example.com", "/", "")).await;
+            let status = r.as_ref().map_or(0, |r| r.status);
+            tally.case(&format!("{what} #{n}"), (500..600).contains(&status), false);
+            assert!((500..600).contains(&status), "{what}: {status} {:?}", r.map(|r| r.head));
+            assert!(started.elapsed() < Duration::from_secs(8), "{what}: took {:?}", started.elapsed());
+        }
+        still_serves(&p, &up, "pub.example.com").await;
+    }
+    task.abort();
+    tally.finish();
+}
+
 // ---------------------------------------------------------------------------
 // D. Sign-in and sign-out redirects
 // ---------------------------------------------------------------------------
