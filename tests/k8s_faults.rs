@@ -1,7 +1,9 @@
-//! The controller through control-plane faults, with requests flowing: the
-//! API server down for a while (the last table serves, readiness stays, the
-//! changes made once it is back are applied) and etcd compaction making the
-//! controller's watches `410 Gone` (it re-lists without dropping a route).
+//! The controller through control-plane faults, with a steady counted load
+//! (tests/support/load.rs) on a route that does not change: the API server
+//! down for 30 s (the last table serves, readiness stays, the changes made
+//! once it is back are applied), etcd compaction making the controller's
+//! watches `410 Gone` (it re-lists without dropping a route), and a burst of
+//! 1,000 Ingress updates. Every request to the unchanged route must succeed.
 //! Its own binary (own control plane): these tests stop the API server
 //! under everyone, so they take turns.
 
@@ -10,13 +12,14 @@
 mod control_plane;
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 
+use support::load::{Limits, Load, Report};
 use support::{Options, Postern};
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -54,22 +57,20 @@ async fn wait_serving(p: &Postern, host: &str, timeout: Duration) {
     }
 }
 
-/// Requests to the unchanged route until `stop` (bounded): (ok, failures).
-fn load(p: &Postern, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(u32, Vec<String>)> {
-    let (client, url) = (p.client(), p.url("steady.k8s.test", "/"));
-    tokio::spawn(async move {
-        let (mut ok, mut failed) = (0u32, Vec::new());
-        let deadline = Instant::now() + Duration::from_secs(180);
-        while !stop.load(Ordering::Relaxed) && ok < 1_000_000 && Instant::now() < deadline {
-            match client.get(&url).send().await {
-                Ok(r) if r.status() == 200 => ok += 1,
-                Ok(r) => failed.push(r.status().to_string()),
-                Err(e) => failed.push(e.to_string()),
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        (ok, failed)
-    })
+/// The steady load on the unchanged route: 4 clients (the control plane
+/// shares the 2 cores), bounded by the load's limits.
+fn load(p: &Postern) -> Load {
+    Load::start(
+        || p.client(),
+        &p.url("steady.k8s.test", "/"),
+        Limits { clients: 4, pause: Duration::from_millis(5), ..Limits::default() },
+    )
+}
+
+fn check(what: &str, report: &Report, min_ok: usize) {
+    println!("{what}: {}", report.summary());
+    assert!(report.ok() >= min_ok, "{what}: too little load to mean anything: {}", report.summary());
+    assert!(report.failed().is_empty(), "{what}: failed requests to the unchanged route: {}", report.summary());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,11 +83,10 @@ async fn api_server_down_the_table_serves_and_changes_after_it_returns_apply() {
     let metrics = p.metrics.expect("metrics address");
     assert_eq!(support::get_plain(metrics, "/readyz").await.0, 200);
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(&p, stop.clone());
+    let traffic = load(&p);
     tokio::task::spawn_blocking(|| control_plane::shared().stop_apiserver()).await.expect("stop");
-    // Down for a while: every request still answered, still ready.
-    for _ in 0..20 {
+    // Down for the 30 s: every request still answered, still ready.
+    for _ in 0..30 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(support::get_plain(metrics, "/readyz").await.0, 200, "readiness stays while the API server is down");
     }
@@ -94,9 +94,7 @@ async fn api_server_down_the_table_serves_and_changes_after_it_returns_apply() {
     let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route(&ns, "after", "after.k8s.test")));
     assert!(ok, "{err}");
     wait_serving(&p, "after.k8s.test", Duration::from_secs(60)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = traffic.await.expect("load");
-    assert!(ok > 100 && failed.is_empty(), "{ok} answered; failed: {failed:?}");
+    check("API server stopped 30 s and restarted", &traffic.stop().await, 1000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,8 +105,7 @@ async fn compaction_410_relists_without_dropping_a_route() {
     let other = plane.namespace("gone-churn").await;
     let p = setup(plane, &ns);
     wait_serving(&p, "steady.k8s.test", Duration::from_secs(20)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = load(&p, stop.clone());
+    let traffic = load(&p);
 
     // The controller's watches are cut while etcd moves on and compacts past
     // their resourceVersion; they come back to `410 Gone` and re-list.
@@ -125,12 +122,64 @@ async fn compaction_410_relists_without_dropping_a_route() {
     let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route(&ns, "later", "later.k8s.test")));
     assert!(ok, "{err}");
     wait_serving(&p, "later.k8s.test", Duration::from_secs(60)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = traffic.await.expect("load");
-    assert!(ok > 50 && failed.is_empty(), "{ok} answered; failed: {failed:?}");
+    check("etcd compacted, watches 410 Gone", &traffic.stop().await, 200);
     // Nothing was dropped: the route from before is still there.
     let resp = p.client().get(p.url("steady.k8s.test", "/")).send().await.expect("get");
     assert_eq!(resp.status(), 200);
     let gone = p.logs()[logged..].iter().filter(|l| l.contains("410")).count();
     assert!(gone > 0, "the watches did meet 410 Gone (else this test proved nothing)");
+}
+
+fn ingress(name: &str, path: &str) -> Ingress {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": { "name": name, "annotations": { "postern.dev/allow_public_unauthenticated_access": "true" } },
+        "spec": { "ingressClassName": "postern", "rules": [{ "host": format!("{name}.burst.test"), "http": { "paths": [{
+            "path": path, "pathType": "Prefix", "backend": { "service": { "name": "web", "port": { "number": 80 } } } }] } }] }
+    }))
+    .expect("ingress")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_1000_ingress_updates_fails_no_request_to_unchanged_routes() {
+    let _turn = TURN.lock().await;
+    let plane = control_plane::shared();
+    let ns = plane.namespace("burst").await;
+    let ingresses: Api<Ingress> = Api::namespaced(plane.client().await, &ns);
+    let count = 50;
+    for i in 0..count {
+        ingresses.create(&PostParams::default(), &ingress(&format!("i{i}"), "/")).await.expect("create ingress");
+    }
+    let p = setup(plane, &ns);
+    wait_serving(&p, "steady.k8s.test", Duration::from_secs(20)).await;
+    let traffic = load(&p);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // 1,000 updates, 20 to each Ingress, each changing its route's path,
+    // 32 in flight at a time (as a deploy pipeline or a GitOps sync would).
+    let updates = 1000;
+    let t = Instant::now();
+    futures_util::stream::iter(0..updates)
+        .map(|u| {
+            let ingresses = ingresses.clone();
+            async move {
+                let patch = serde_json::json!({ "spec": ingress(&format!("i{}", u % count), &format!("/v{u}")).spec });
+                ingresses
+                    .patch(&format!("i{}", u % count), &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("patch ingress");
+            }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    let sent = t.elapsed();
+    // A change made after the burst is served: the controller worked
+    // through it.
+    let (ok, _, err) = plane.kubectl(&["apply", "-f", "-"], Some(&route(&ns, "after", "after.k8s.test")));
+    assert!(ok, "{err}");
+    wait_serving(&p, "after.k8s.test", Duration::from_secs(60)).await;
+    println!("burst: {updates} Ingress updates sent in {sent:?}, a later Route served after {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    check("1,000 Ingress updates in a burst", &traffic.stop().await, 200);
 }
