@@ -2,6 +2,9 @@
 //!
 //! Each accepted connection is served by hyper (HTTP/1.1 and HTTP/2 by ALPN
 //! or preface) with every request going through [`pipeline::handle`].
+//! Connection limits (`max_connections`, header and idle timeouts, HTTP/2
+//! stream caps) are read from the live table's [`Limits`] at each accept,
+//! so a reload applies to new connections.
 
 pub mod admin;
 pub(crate) mod body;

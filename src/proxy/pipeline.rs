@@ -83,7 +83,9 @@ pub(crate) async fn handle(proxy: Arc<Proxy>, peer: Peer, req: Request<Incoming>
 /// its route says `http://` (an Ingress host without TLS, a Route with an
 /// `http://` from) and needs no sign-in, since session cookies are
 /// `Secure` and credentials must not cross the network in the clear.
-/// Everything else is redirected to https.
+/// Everything else is redirected to https. A request refused by
+/// [`check_head`](super::limits::check_head) is "served" so that `handle`
+/// answers it rather than redirecting it under a host it may not mean.
 pub(crate) fn served_over_plain_http(proxy: &Proxy, req: &Request<Incoming>) -> bool {
     let table = proxy.routes.snapshot();
     if super::limits::check_head(req, table.limits()).is_err() {
@@ -267,7 +269,7 @@ async fn act(
     let client_upgrade =
         (route.allow_websockets && forward::upgrade_requested(&req).is_some()).then(|| hyper::upgrade::on(&mut req));
     let authority = client_authority_value(&req).ok_or(ProxyError::NoHost)?;
-    let limits = body_limits(proxy, route, &req)?;
+    let limits = body_limits(proxy, route, &req, client_upgrade.is_some())?;
     let out = Outbound::new(req, route, peer, authority, &ctx.path, limits);
     let body = out.body.clone();
     let metrics = proxy.metrics.clone();
@@ -293,8 +295,10 @@ async fn act(
 
 /// The route's body limits for this request. A `Content-Length` over
 /// `max_request_body` is refused before anything is sent upstream; a
-/// chunked body is counted as it streams.
-fn body_limits(proxy: &Proxy, route: &Route, req: &Request<Incoming>) -> Result<BodyLimits, ProxyError> {
+/// chunked body is counted as it streams. An upgrade (WebSocket) gets no
+/// stall timer: its traffic may rightly pause for long, and the route's
+/// `idle_timeout` bounds it.
+fn body_limits(proxy: &Proxy, route: &Route, req: &Request<Incoming>, upgrade: bool) -> Result<BodyLimits, ProxyError> {
     let declared =
         req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let (Some(max), Some(len)) = (route.max_request_body, declared)
@@ -303,7 +307,7 @@ fn body_limits(proxy: &Proxy, route: &Route, req: &Request<Incoming>) -> Result<
         return Err(ProxyError::BodyTooLarge);
     }
     let stall = proxy.routes.snapshot().limits().request_body_timeout;
-    Ok(BodyLimits { max: route.max_request_body, stall: (!stall.is_zero()).then_some(stall) })
+    Ok(BodyLimits { max: route.max_request_body, stall: (!stall.is_zero() && !upgrade).then_some(stall) })
 }
 
 /// Collects what an endpoint needs from the request (and a small form body).
