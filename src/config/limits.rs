@@ -41,7 +41,7 @@ pub struct Limits {
     /// waits for the next request with `header_read_timeout` as well
     /// (hyper's timer starts when it begins reading a head), so there the
     /// shorter of the two applies. Also the HTTP/2 keep-alive ping interval
-    /// and how long a ping may go unanswered. `0`: never.
+    /// (a ping unanswered for 20 s closes the connection). `0`: never.
     pub keepalive_timeout: Duration,
     /// `max_connections`: client connections served at once across all
     /// workers; more are closed on accept and counted in

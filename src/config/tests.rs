@@ -193,3 +193,28 @@ fn bad_limit_settings_name_the_key() {
     let p = problems_of("max_uri_bytes: lots\n");
     assert!(p.iter().any(|m| m.contains("max_uri_bytes") && m.contains("invalid size \"lots\"")), "{p:#?}");
 }
+
+#[test]
+fn max_request_body_from_an_annotation_or_a_route_object() {
+    // Annotations map route keys generically, so `postern.dev/max_request_body` exists.
+    assert!(route_keys().contains(&"max_request_body"));
+    let origin = Origin::Object { kind: "Ingress", namespace: "default".into(), name: "app".into() };
+    let keys = |value: serde_json::Value| {
+        let mut m = serde_json::Map::new();
+        m.insert("from".into(), "https://a.example.com".into());
+        m.insert("to".into(), "http://b".into());
+        m.insert("allow_public_unauthenticated_access".into(), true.into());
+        m.insert("max_request_body".into(), value);
+        m
+    };
+    let mut problems = Vec::new();
+    // An annotation is a string; the CRD's int-or-string may be a number.
+    let spec = route_from_keys(&origin, keys("512k".into()), &mut problems).expect("valid route");
+    assert_eq!(spec.max_request_body, Some(512 * 1024));
+    let spec = route_from_keys(&origin, keys(1000.into()), &mut problems).expect("valid route");
+    assert_eq!(spec.max_request_body, Some(1000));
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert!(route_from_keys(&origin, keys("huge".into()), &mut problems).is_none());
+    let text = format!("{problems:?}");
+    assert!(text.contains("max_request_body") && text.contains("invalid size \\\"huge\\\""), "{text}");
+}
