@@ -399,3 +399,30 @@ async fn http2_requests_meet_the_same_limits() {
     assert_eq!(up.seen().len(), 1, "refused HTTP/2 requests reached the upstream");
     still_serves(&p, &up).await;
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_after_keepalive_timeout() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "keepalive_timeout: 300ms\nheader_read_timeout: 30s\n", "");
+
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .expect("HTTP/2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{HOST}/first")).body(http_body_util::Empty::new()).expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await.expect("in time");
+    assert_eq!(resp.expect("response").status(), 200);
+
+    // The connection task ends when the proxy closes the connection.
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "an idle HTTP/2 connection is still open after 5 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "closed after {:?}, before the timeout",
+        started.elapsed()
+    );
+    still_serves(&p, &up).await;
+}
