@@ -18,17 +18,31 @@ use crate::identity::Identity;
 use crate::k8s::annotations;
 use crate::policy::{Decision, Policy, PolicySpec, Request};
 
+/// The file name [`parse_config`] parses under; every message it returns
+/// starts with it.
+pub const CONFIG_FILE: &str = "fuzz.yaml";
+
 /// Parses config file text (`config::parse`, as `postern --config` reads
-/// it). `Ok` holds the number of routes.
-pub fn parse_config(text: &str) -> Result<usize, String> {
-    config::parse("fuzz.yaml", text, Path::new("/nonexistent")).map(|c| c.routes.len()).map_err(|e| e.to_string())
+/// it). `Ok` holds the number of routes and the problems of routes left
+/// out; `Err` the messages the file is refused with (one per problem for
+/// `Error::Invalid`), each as the operator would read it.
+pub fn parse_config(text: &str) -> Result<(usize, Vec<String>), Vec<String>> {
+    match config::parse(CONFIG_FILE, text, Path::new("/nonexistent")) {
+        Ok(c) => Ok((c.routes.len(), c.problems.iter().map(ToString::to_string).collect())),
+        Err(config::Error::Invalid { problems, .. }) => Err(problems.iter().map(ToString::to_string).collect()),
+        Err(e) => Err(vec![e.to_string()]),
+    }
 }
+
+/// The object [`read_annotations`] reads as; every problem it returns
+/// starts with it.
+pub const ANNOTATED_OBJECT: &str = "Ingress fuzz/fuzz";
 
 /// Reads an Ingress's annotations (`k8s::annotations::read`) and checks the
 /// route keys they give as the translator does (`config::route_from_keys`,
-/// with the spec's `from` and `to` filled in). Returns the route keys read
-/// and whether the route was accepted.
-pub fn read_annotations(pairs: &BTreeMap<String, String>) -> (Map<String, Value>, bool) {
+/// with the spec's `from` and `to` filled in). Returns the route keys read,
+/// whether the route was accepted, and every problem found.
+pub fn read_annotations(pairs: &BTreeMap<String, String>) -> (Map<String, Value>, bool, Vec<String>) {
     let origin = Origin::Object { kind: "Ingress", namespace: "fuzz".into(), name: "fuzz".into() };
     let mut problems = Vec::new();
     let read = annotations::read(&origin, pairs, &mut problems);
@@ -36,7 +50,7 @@ pub fn read_annotations(pairs: &BTreeMap<String, String>) -> (Map<String, Value>
     keys.insert("from".into(), Value::String("https://app.example.com".into()));
     keys.insert("to".into(), Value::String("http://web.fuzz.svc:80".into()));
     let accepted = config::route_from_keys(&origin, keys, &mut problems).is_some();
-    (read.keys, accepted)
+    (read.keys, accepted, problems.iter().map(ToString::to_string).collect())
 }
 
 /// The request-path normalizer (`routes::path::normalize`).
