@@ -158,3 +158,48 @@ async fn a_few_reset_streams_under_the_limit_keep_the_connection() {
     .await;
     assert_eq!(answer, Some(Ok(Some(0x88))), "stream 7 not answered 200 on the same connection");
 }
+
+/// Reads until the proxy closes; how long that took (`None`: open after 5 s).
+async fn closed_after(stream: &mut (impl AsyncReadExt + Unpin)) -> Option<Duration> {
+    let started = Instant::now();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let left = Duration::from_secs(5).saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http2_connection_without_streams_is_closed_after_keepalive_timeout() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "header_read_timeout: 10s\nkeepalive_timeout: 300ms\n");
+    let mut tcp = open(&p).await;
+    tcp.write_all(&frame(HEADERS, 0x5, 1, &get_headers())).await.expect("request");
+    let status = read_frames(&mut tcp, |kind, payload| (kind == HEADERS).then(|| payload.first().copied())).await;
+    assert_eq!(status, Some(Some(0x88)));
+    let waited = closed_after(&mut tcp).await.expect("idle HTTP/2 connection still open after 5 s");
+    assert!(waited >= Duration::from_millis(200), "closed after {waited:?}, before the timeout");
+    assert_eq!(up.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_tls_connection_that_sends_nothing_after_the_handshake_is_closed_after_header_read_timeout() {
+    support::init_crypto();
+    let up = Upstream::start("up").await;
+    let p = Postern::start(&format!(
+        "header_read_timeout: 300ms\nroutes:\n  - from: https://app.example.com\n    to: {}\n    \
+         allow_public_unauthenticated_access: true\n",
+        up.url()
+    ));
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut tls = support::upstream::tls_connect(p.addr, "app.example.com", &[alpn]).await.expect("TLS handshake");
+        let waited = closed_after(&mut tls).await.expect("silent TLS connection still open after 5 s");
+        assert!(waited >= Duration::from_millis(100), "closed after {waited:?}");
+    }
+    let resp = p.client().get(p.url("app.example.com", "/")).send().await.expect("request after");
+    assert_eq!(resp.status(), 200);
+}
