@@ -89,9 +89,11 @@ fn header_of(name: &str, size: usize) -> String {
 
 /// The proxy answers a plain request with 200 from the upstream.
 async fn still_serves(p: &Postern, up: &Upstream) {
-    let before = up.seen().len();
+    // Counted by target: an aborted request before it may be recorded late.
+    let after = || up.seen().iter().filter(|s| s.target == "/after").count();
+    let before = after();
     assert_eq!(status_of(p, &get("/after", &[])).await, Some(200), "proxy stopped serving");
-    assert_eq!(up.seen().len(), before + 1, "the check request reached the upstream once");
+    assert_eq!(after(), before + 1, "the check request reached the upstream once");
 }
 
 #[tokio::test]
@@ -424,5 +426,45 @@ async fn an_idle_http2_connection_is_closed_after_keepalive_timeout() {
         "closed after {:?}, before the timeout",
         started.elapsed()
     );
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn http2_streams_past_max_concurrent_streams_wait_for_a_free_one() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "max_concurrent_streams: 1\n", "");
+    let send = h2(&p).await;
+
+    let get = |path: &str| {
+        let mut send = send.clone();
+        let req =
+            http::Request::get(format!("http://{HOST}{path}")).body(http_body_util::Empty::new()).expect("request");
+        async move {
+            let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req)).await.expect("in time");
+            assert_eq!(resp.expect("response").status(), 200);
+            Instant::now()
+        }
+    };
+    // The slow request holds the only stream; the quick one, sent once the
+    // upstream is busy with the slow one, may only start after it ends.
+    let slow = tokio::spawn(get("/slow/500"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !up.seen().iter().any(|s| s.target == "/slow/500") {
+        assert!(Instant::now() < deadline, "the slow request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let quick = get("/quick").await;
+    let slow = slow.await.expect("slow request");
+    assert!(quick >= slow, "a second stream ran beside the first with max_concurrent_streams: 1");
+}
+
+#[tokio::test]
+async fn the_defaults_refuse_a_70_kib_header_and_accept_a_16_kib_one() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "", "");
+    assert_eq!(status_of(&p, &get("/16k", &[header_of("x-token", 16 * 1024)])).await, Some(200));
+    assert_eq!(status_of(&p, &get("/17k", &[header_of("x-token", 16 * 1024 + 1)])).await, Some(431));
+    assert_eq!(status_of(&p, &get("/70k", &[header_of("x-token", 70 * 1024)])).await, Some(431));
+    assert!(up.seen().iter().all(|s| s.target == "/16k"), "refused requests reached the upstream");
     still_serves(&p, &up).await;
 }
