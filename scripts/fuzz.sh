@@ -6,7 +6,8 @@
 #   scripts/fuzz.sh policy config    only these targets
 # The committed seeds (fuzz/seeds/<target>/) are copied into the working
 # corpus (fuzz/corpus/<target>/, gitignored), which keeps what each run
-# finds. A crash's input lands in fuzz/artifacts/<target>/; replay it with
+# finds. Inputs in fuzz/regressions/<target>/ (committed) are replayed
+# first. A crash's input lands in fuzz/artifacts/<target>/; replay it with
 #   cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>
 # Prints, per target: seconds run, executions, corpus size, crashes; exits
 # non-zero if any target crashed.
@@ -42,6 +43,12 @@ for t in "${targets[@]}"; do
   mkdir -p "$corpus" "fuzz/artifacts/$t"
   cp -n fuzz/seeds/"$t"/* "$corpus"/ 2>/dev/null || true
   before=$(find "fuzz/artifacts/$t" -type f | wc -l)
+  # Inputs that once crashed (fuzz/regressions/<target>/) run first, once each.
+  if [ -d "fuzz/regressions/$t" ]; then
+    echo "== $t: replaying fuzz/regressions/$t"
+    (cd fuzz && cargo +"$toolchain" fuzz run "$t" "regressions/$t"/* -- -runs=1) >"fuzz/logs/$t.regressions.log" 2>&1 ||
+      { echo "   a regression input fails again: fuzz/logs/$t.regressions.log"; failed=1; }
+  fi
   log=fuzz/logs/$t.log
   echo "== $t (${seconds}s)"
   start=$(date +%s)
