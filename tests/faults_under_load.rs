@@ -62,11 +62,15 @@ async fn reloads_every_100ms_for_a_minute_fail_no_request_and_keep_websockets() 
     let skip = p.logs().len();
     // 600 writes, one per 100 ms: the issue's minute of reloads.
     let writes = 600;
+    let mut baseline = (0, 0);
     let started = Instant::now();
     for i in 1..=writes {
         p.write_config(&config(i));
         if i % 100 == 0 {
             echo(&mut ws, &format!("during {i}")).await;
+        }
+        if i == 50 {
+            baseline = (fd_count(p.pid()), p.rss_kib());
         }
         let next = started + Duration::from_millis(100 * i as u64);
         tokio::time::sleep_until(next.into()).await;
@@ -74,13 +78,16 @@ async fn reloads_every_100ms_for_a_minute_fail_no_request_and_keep_websockets() 
     // The last write is applied (so the load saw the final table too).
     support::wait_for_event(&p, skip, "config reloaded", Duration::from_secs(5)).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fd_after, rss_after) = (fd_count(p.pid()), p.rss_kib());
     let report = load.stop().await;
     echo(&mut ws, "after a minute of reloads").await;
+    let (fd_before, rss_before) = baseline;
 
     let reloaded = events_named(&p, skip, "config reloaded").len();
     let rejected = events_named(&p, skip, "config reload rejected").len();
     println!(
-        "reloads: {writes} writes over {:?}, {reloaded} applied, {rejected} rejected; load: {}",
+        "reloads: {writes} writes over {:?}, {reloaded} applied, {rejected} rejected; load: {}; \
+         fds {fd_before} -> {fd_after}; RSS {rss_before} KiB -> {rss_after} KiB (from the 50th write)",
         started.elapsed(),
         report.summary()
     );
@@ -90,6 +97,12 @@ async fn reloads_every_100ms_for_a_minute_fail_no_request_and_keep_websockets() 
     assert!(reloaded >= writes / 4, "only {reloaded} of {writes} writes applied");
     assert!(report.ok() >= 1000, "too little load to mean anything: {}", report.summary());
     assert!(report.failed().is_empty(), "failed requests during reloads: {}", report.summary());
+    // No leak across reloads: a file watcher, listener or old table kept
+    // per reload would add one fd or a table's worth of memory each, 150+
+    // times over; 16 fds and 16 MiB leave room for the load's reconnects
+    // and allocator warm-up only.
+    assert!(fd_after <= fd_before + 16, "fds {fd_before} -> {fd_after} over the reloads");
+    assert!(rss_after <= rss_before + 16 * 1024, "RSS {rss_before} KiB -> {rss_after} KiB over the reloads");
     assert_eq!(ws_up.upgraded.load(std::sync::atomic::Ordering::SeqCst), 1, "one WebSocket, never re-opened");
 }
 
