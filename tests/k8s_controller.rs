@@ -712,6 +712,18 @@ async fn objects_are_input_hosts_stay_with_their_namespace_and_hostile_values_ar
     let (status, _) = eventually(&p, "inject-route.k8s.test", "/", "not served", |s, _| s == 404).await;
     assert_eq!(status, 404);
 
+    // ingress-nginx snippets (H.51): no raw configuration exists to paste
+    // them into; they are named in an IgnoredAnnotations Event, never applied.
+    let mut snippets = public.clone();
+    snippets["nginx.ingress.kubernetes.io/configuration-snippet"] = json!("more_set_headers \"X-Evil: 1\";");
+    snippets["nginx.ingress.kubernetes.io/server-snippet"] = json!("location /x { return 200 evil; }");
+    apply(&ingresses_b, "snippet", ingress("snippet", "snippet.k8s.test", "/", "web", snippets)).await;
+    let note = wait_for_event(plane, &b, "Ingress", "snippet", "IgnoredAnnotations").await;
+    assert!(note.contains("configuration-snippet") && note.contains("server-snippet"), "{note}");
+    let resp = p.client().get(p.url("snippet.k8s.test", "/x")).send().await.expect("snippet host");
+    assert!(resp.headers().get("x-evil").is_none(), "a snippet was applied");
+    assert_ne!(resp.text().await.unwrap_or_default(), "evil", "a snippet was applied");
+
     // A value over 64 KiB, and one nested 20,000 deep: refused by name,
     // and a change to another object right after is live as fast as ever.
     let mut huge = public.clone();

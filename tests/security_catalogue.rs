@@ -819,7 +819,7 @@ async fn sign_out_ignores_caller_supplied_redirect_uris() {
 }
 
 /// D.28 (Pomerium `pkce.spec.ts`, RFC 9700), D.29 (oauth2-proxy #966),
-/// D.31 (RFC 9207, RFC 9700 §4.4) and D.33 (Pomerium CVE-2024-39315),
+/// D.31 (RFC 9207, RFC 9700 §4.4), D.32 (RFC 9700 §4.2) and D.33 (Pomerium CVE-2024-39315),
 /// against the real IdP: every authorization request carries a PKCE S256
 /// challenge, a nonce and a sealed state; a callback whose `iss` names
 /// another issuer is refused before its code is redeemed (the genuine one
@@ -870,11 +870,14 @@ async fn sign_in_pins_pkce_nonce_and_issuer_and_never_shows_idp_tokens() {
         assert_eq!(status, 400, "iss {iss:?}");
     }
     // Not spent by the refusals: the genuine callback (its own iss) signs in.
+    // D.32: neither callback leaks its code or state through a Referer.
     let resp = browser.client.get(&callback).send().await.expect("callback");
     assert_eq!(resp.status(), 302, "the genuine callback");
+    assert_eq!(resp.headers().get("referrer-policy").map(|v| v.as_bytes()), Some(&b"no-referrer"[..]));
     let next = auth_env::location(&resp).expect("location");
     let resp = browser.client.get(&next).send().await.expect("route callback");
     assert_eq!(resp.status(), 302);
+    assert_eq!(resp.headers().get("referrer-policy").map(|v| v.as_bytes()), Some(&b"no-referrer"[..]));
     let token = env.session_of(&browser, "app.example.com");
 
     // D.33: what the user pages show.
@@ -1669,4 +1672,100 @@ fn is_test_fn(text: &str, name: &str) -> bool {
             })
             .any(|l| l.trim_start().starts_with("#[") && l.contains("test"))
     })
+}
+
+/// B.16 (hyper CVE-2021-32715 / RUSTSEC-2021-0078 and -0079; Go's
+/// `readrequest_test.go` `smuggle_two_contentlen`, `leading_space_in_header`;
+/// ingress-nginx `request_smuggling.go`): framing that two parsers could
+/// read differently is refused (400, or 501 for a transfer coding nobody
+/// knows) or the connection is closed, and nothing at all — least of all
+/// the smuggled second request — reaches the upstream. The one exception
+/// is a length together with `chunked`, which RFC 9112 lets a server read
+/// by the coding if it then closes the connection: the upstream gets the
+/// body re-framed once, and nothing after it.
+#[tokio::test]
+async fn ambiguous_request_framing_is_refused_and_nothing_is_smuggled() {
+    let up = Upstream::start("up").await;
+    let p = Postern::start(&format!("routes:\n{}", public("https://pub.example.com", &up.url(), "")));
+    let mut tally = Tally::new("B.16 request framing");
+    let host = "pub.example.com";
+    let smuggled = format!("GET /smuggled HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "Content-Length with Transfer-Encoding: chunked",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: {host}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "two different Content-Length values",
+            format!("POST /a HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3\r\nContent-Length: 40\r\n\r\nabc{smuggled}"),
+        ),
+        ("Content-Length: +3", format!("POST /a HTTP/1.1\r\nHost: {host}\r\nContent-Length: +3\r\n\r\nabc{smuggled}")),
+        ("Content-Length: 3, 3 3", format!("POST /a HTTP/1.1\r\nHost: {host}\r\nContent-Length: 3 3\r\n\r\nabc")),
+        (
+            "Transfer-Encoding: xchunked",
+            format!("POST /a HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "Transfer-Encoding: chunked, identity",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "space before the colon of Transfer-Encoding",
+            format!("POST /a HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        ),
+        (
+            "Transfer-Encoding twice, chunked first",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: x\r\n\r\n0\r\n\r\n{smuggled}"
+            ),
+        ),
+        (
+            "leading whitespace before a header (obs-fold)",
+            format!("GET /a HTTP/1.1\r\nHost: {host}\r\n X-Folded: yes\r\n\r\n"),
+        ),
+        ("whitespace before the first header", format!("GET /a HTTP/1.1\r\n Host: {host}\r\n\r\n")),
+        (
+            "chunk size overflowing 64 bits",
+            format!(
+                "POST /a HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000001\r\nx\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "chunk size with a sign",
+            format!("POST /a HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\nx\r\n0\r\n\r\n"),
+        ),
+    ];
+    for (i, (what, request)) in cases.iter().enumerate() {
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, host, request.as_bytes()).await;
+        let status = r.as_ref().map_or(0, |r| r.status);
+        // Let a request that did get through arrive before counting.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let seen = up.seen();
+        let smuggled_through = seen.iter().any(|s| s.target.contains("smuggled"));
+        if i == 0 {
+            // Both a length and a transfer coding: hyper reads the body by
+            // the coding and drops the length (RFC 9112 §6.3 allows this in
+            // place of a 400), so the upstream gets one unambiguous framing,
+            // and it closes the connection, so the bytes after the chunked
+            // body never become a request.
+            let closes = r.as_ref().is_some_and(|r| r.header("connection").as_deref() == Some("close"));
+            let one = &seen[before..];
+            let reframed = one.len() == 1 && one[0].headers.get("content-length").is_none_or(|v| v == "0");
+            tally.case(what, closes && reframed, smuggled_through || !reframed);
+            assert!(closes && reframed, "{what}: {:?} {:?}", r.map(|r| r.head), one);
+            assert!(!smuggled_through, "{what}: the smuggled request reached the upstream");
+            continue;
+        }
+        let forwarded = seen.len() > before;
+        tally.case(what, matches!(status, 0 | 400 | 501) && !forwarded, forwarded || smuggled_through);
+        assert!(matches!(status, 0 | 400 | 501), "{what}: answered {status}: {:?}", r.map(|r| r.head));
+        assert!(!forwarded, "{what}: reached the upstream: {:?}", &seen[before..]);
+    }
+    still_serves(&p, &up, host).await;
+    tally.finish();
 }

@@ -125,6 +125,10 @@ pub(crate) enum BodyCut {
     TooLarge,
     #[error("request body stalled longer than request_body_timeout")]
     Stalled,
+    /// The client's body could not be read: a malformed chunk (a size that
+    /// overflows, a sign, bad framing) or the client went away.
+    #[error("request body malformed or cut short by the client")]
+    Unreadable,
 }
 
 /// The client's request body, shared between forwarding attempts.
@@ -250,7 +254,10 @@ impl Body for Reclaimable {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "request body unreadable");
+                Poll::Ready(Some(Err(this.shared.cut_off(BodyCut::Unreadable))))
+            }
             Poll::Pending => {
                 if let Some(stall) = this.stall.as_mut()
                     && stall.as_mut().poll(cx).is_ready()

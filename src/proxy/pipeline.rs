@@ -287,6 +287,7 @@ async fn act(
     let (resp, upstream) = match (forwarded, body.cut()) {
         (Err(_), Some(BodyCut::TooLarge)) => return Err(ProxyError::BodyTooLarge),
         (Err(_), Some(BodyCut::Stalled)) => return Err(ProxyError::BodyTimeout),
+        (Err(_), Some(BodyCut::Unreadable)) => return Err(ProxyError::BadBody),
         (result, _) => result?,
     };
     ctx.upstream = Some(upstream);
@@ -363,6 +364,10 @@ fn render(reply: Reply, ctx: &mut RequestCtx) -> Response<ProxyBody> {
         resp.headers_mut().insert(header::LOCATION, l);
     }
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The sign-in pages and the callbacks carry the authorization code,
+    // state and return URLs in their URLs: never in a Referer
+    // (RFC 9700 §4.2).
+    resp.headers_mut().insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     resp
 }
 

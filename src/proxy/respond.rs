@@ -33,6 +33,11 @@ pub(crate) enum ProxyError {
     /// `max_header_count` (client's fault).
     #[error("request headers too large")]
     HeadersTooLarge,
+    /// The request body could not be read (a malformed chunk, a client
+    /// that went away mid-body): the upstream request is aborted (client's
+    /// fault, not the upstream's).
+    #[error("request body malformed")]
+    BadBody,
     /// The request body stalled longer than `request_body_timeout` before
     /// anything was answered (client's fault).
     #[error("request body timed out")]
@@ -76,7 +81,9 @@ impl From<Denied> for ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::NoHost | ProxyError::ConflictingHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::NoHost | ProxyError::ConflictingHost | ProxyError::BadBody => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -105,6 +112,7 @@ impl ProxyError {
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::BodyTimeout => "body_timeout",
+            ProxyError::BadBody => "bad_request_body",
             ProxyError::NoRoute => "not_found",
             ProxyError::Unauthenticated { .. } => "unauthenticated",
             ProxyError::Forbidden => "forbidden",
