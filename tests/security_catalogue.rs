@@ -1769,3 +1769,40 @@ async fn ambiguous_request_framing_is_refused_and_nothing_is_smuggled() {
     still_serves(&p, &up, host).await;
     tally.finish();
 }
+
+/// A.9 (Envoy CVE-2021-32777, via Pomerium GHSA-cfc2-wjcm-c8fm): two
+/// `Authorization` headers are refused (400) rather than one layer taking
+/// the first and another the last; on a public route and a protected one,
+/// nothing is forwarded.
+#[tokio::test]
+async fn two_authorization_headers_are_refused_and_not_forwarded() {
+    let up = Upstream::start("up").await;
+    let config = format!(
+        "routes:\n{}{}",
+        public("https://pub.example.com", &up.url(), ""),
+        protected("https://app.example.com", &up.url(), "")
+    );
+    let p = Postern::start(&config);
+    let mut tally = Tally::new("A.9 duplicate Authorization");
+    for host in ["pub.example.com", "app.example.com"] {
+        for extra in [
+            "Authorization: Bearer a\r\nAuthorization: Bearer b\r\n",
+            "Authorization: Bearer a\r\nauthorization: Basic Yjpi\r\n",
+        ] {
+            let before = up.seen().len();
+            let r = raw_tls(p.addr, host, &get(host, "/", extra)).await.expect("a response");
+            let forwarded = up.seen().len() > before;
+            tally.case(&format!("{host}: {extra:?}"), r.status == 400, forwarded);
+            assert_eq!(r.status, 400, "{host} {extra:?}: {}", r.head);
+            assert!(r.body_text().contains("duplicate_header"), "{}", r.body_text());
+            assert!(!forwarded, "{host}: forwarded");
+        }
+    }
+    // One is fine.
+    let r = raw_tls(p.addr, "pub.example.com", &get("pub.example.com", "/", "Authorization: Bearer a\r\n"))
+        .await
+        .expect("a response");
+    assert_eq!(r.status, 200, "{}", r.head);
+    still_serves(&p, &up, "pub.example.com").await;
+    tally.finish();
+}

@@ -5,8 +5,8 @@
 //! line included, so a URI longer than the buffer is 431 rather than 414),
 //! more than `max_header_count` HTTP/1 headers (431) and an HTTP/2 header
 //! list over `SETTINGS_MAX_HEADER_LIST_SIZE` (431, from h2). What is left,
-//! the per-header size, the URI length, the HTTP/2 header count and the
-//! `Host` agreement, is checked here, first thing in the pipeline.
+//! the per-header size, the URI length, the HTTP/2 header count, a single
+//! `Authorization` and the `Host` agreement, is checked here, first thing in the pipeline.
 
 use http::{HeaderMap, Request, header};
 
@@ -22,7 +22,19 @@ pub(crate) fn check_head<B>(req: &Request<B>, limits: &Limits) -> Result<(), Pro
         return Err(ProxyError::UriTooLong);
     }
     check_headers(req.headers(), limits)?;
+    check_singletons(req.headers())?;
     check_host(req)
+}
+
+/// Headers that may appear once: with two, the session lookup, the
+/// policy and the upstream could each take a different one ("first wins"
+/// here, "last wins" there), so neither is believed (Envoy
+/// CVE-2021-32777).
+fn check_singletons(headers: &HeaderMap) -> Result<(), ProxyError> {
+    if headers.get_all(header::AUTHORIZATION).iter().nth(1).is_some() {
+        return Err(ProxyError::DuplicateHeader("authorization"));
+    }
+    Ok(())
 }
 
 fn check_headers(headers: &HeaderMap, limits: &Limits) -> Result<(), ProxyError> {
@@ -72,6 +84,16 @@ mod tests {
             b = b.header(header::HOST, *h);
         }
         b.body(()).expect("valid request")
+    }
+
+    #[test]
+    fn two_authorization_headers_are_refused() {
+        let limits = Limits::default();
+        let mut req = request("/", &["a.test"]);
+        req.headers_mut().append(header::AUTHORIZATION, http::HeaderValue::from_static("Bearer a"));
+        assert!(check_head(&req, &limits).is_ok());
+        req.headers_mut().append(header::AUTHORIZATION, http::HeaderValue::from_static("Bearer b"));
+        assert!(matches!(check_head(&req, &limits), Err(ProxyError::DuplicateHeader("authorization"))));
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub(crate) enum ProxyError {
     /// fault).
     #[error("conflicting host")]
     ConflictingHost,
+    /// A header that may appear once appeared twice (client's fault).
+    #[error("duplicate {0} header")]
+    DuplicateHeader(&'static str),
     /// The request target is longer than `max_uri_bytes` (client's fault).
     #[error("request target too long")]
     UriTooLong,
@@ -81,9 +84,11 @@ impl From<Denied> for ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::NoHost | ProxyError::ConflictingHost | ProxyError::BadBody => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadPath(_)
+            | ProxyError::NoHost
+            | ProxyError::ConflictingHost
+            | ProxyError::DuplicateHeader(_)
+            | ProxyError::BadBody => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -109,6 +114,7 @@ impl ProxyError {
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::NoHost => "no_host",
             ProxyError::ConflictingHost => "conflicting_host",
+            ProxyError::DuplicateHeader(_) => "duplicate_header",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::BodyTimeout => "body_timeout",
