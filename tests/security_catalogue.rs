@@ -1806,3 +1806,35 @@ async fn two_authorization_headers_are_refused_and_not_forwarded() {
     still_serves(&p, &up, "pub.example.com").await;
     tally.finish();
 }
+
+/// F.44 (cookie tossing, RFC 6265bis): a sibling host under a shared
+/// cookie domain plants a second `_postern` with a longer `Path`, which
+/// browsers send first. Two different session cookies are refused (400,
+/// naming the fix) instead of the first one being believed; the same value
+/// twice is one cookie.
+#[tokio::test]
+async fn two_different_session_cookies_are_refused() {
+    let up = Upstream::start("up").await;
+    let p = Postern::start(&format!("routes:\n{}", protected("https://app.example.com", &up.url(), "")));
+    let mut tally = Tally::new("F.44 cookie tossing");
+    for cookies in [
+        "Cookie: _postern=planted; _postern=mine\r\n",
+        "Cookie: _postern=planted\r\nCookie: _postern=mine\r\n",
+        "Cookie: other=1; _postern=\"planted\"; _postern=mine\r\n",
+    ] {
+        let before = up.seen().len();
+        let r = raw_tls(p.addr, "app.example.com", &get("app.example.com", "/", cookies)).await.expect("a response");
+        let forwarded = up.seen().len() > before;
+        tally.case(cookies, r.status == 400, forwarded);
+        assert_eq!(r.status, 400, "{cookies:?}: {}", r.head);
+        assert!(r.body_text().contains("ambiguous_session_cookie"), "{}", r.body_text());
+        assert!(!forwarded);
+    }
+    // The same value twice is not ambiguous: the usual answer for a
+    // session that does not open (sign in).
+    let r = raw_tls(p.addr, "app.example.com", &get("app.example.com", "/", "Cookie: _postern=x; _postern=x\r\n"))
+        .await
+        .expect("a response");
+    assert_eq!(r.status, 401, "{}", r.head);
+    tally.finish();
+}

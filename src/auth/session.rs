@@ -79,6 +79,23 @@ pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a
         .map(|(_, v)| v.trim_matches('"'))
 }
 
+/// Whether cookie `name` arrives twice with different values. A sibling
+/// host under a shared `cookie_domain` can plant a same-named cookie with a
+/// longer `Path` (cookie tossing); browsers send it first, so "first wins"
+/// would sign the victim in as whoever planted it. Neither is believed.
+pub(crate) fn cookie_is_ambiguous(headers: &HeaderMap, name: &str) -> bool {
+    let mut values = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'));
+    let Some(first) = values.next() else { return false };
+    values.any(|v| v != first)
+}
+
 /// Removes Postern's credentials before a request goes upstream: its
 /// cookie (other cookies stay), the token headers, an `Authorization`
 /// that carried a session token, and every client-sent `X-Postern-*` and
@@ -209,6 +226,16 @@ mod tests {
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs.iter().map(|(k, v)| (http::HeaderName::from_static(k), HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn a_session_cookie_with_two_values_is_ambiguous() {
+        let name = "_postern";
+        let ambiguous = |v: &'static str| cookie_is_ambiguous(&headers(&[("cookie", v)]), name);
+        assert!(ambiguous("_postern=a; _postern=b"));
+        assert!(!ambiguous("_postern=a; _postern=a"), "the same value twice is one cookie");
+        assert!(!ambiguous("_postern=a; _postern_csrf=b; x_postern=c"), "other names are other cookies");
+        assert!(!ambiguous("x=1"));
     }
 
     #[test]

@@ -211,6 +211,9 @@ async fn authorize(
     ctx: &mut RequestCtx,
     req: &Request<Incoming>,
 ) -> Result<Authn, ProxyError> {
+    if crate::auth::session::cookie_is_ambiguous(req.headers(), &route.cookie.name) {
+        return Err(ProxyError::AmbiguousSessionCookie);
+    }
     let origin = origin(ctx, req);
     let access = proxy
         .auth

@@ -25,6 +25,11 @@ pub(crate) enum ProxyError {
     /// fault).
     #[error("conflicting host")]
     ConflictingHost,
+    /// The session cookie arrived twice with different values (one planted
+    /// for a parent domain or a longer path); neither is believed (client's
+    /// fault: clearing the site's cookies fixes it).
+    #[error("two different session cookies; clear this site's cookies and sign in again")]
+    AmbiguousSessionCookie,
     /// A header that may appear once appeared twice (client's fault).
     #[error("duplicate {0} header")]
     DuplicateHeader(&'static str),
@@ -88,6 +93,7 @@ impl ProxyError {
             | ProxyError::NoHost
             | ProxyError::ConflictingHost
             | ProxyError::DuplicateHeader(_)
+            | ProxyError::AmbiguousSessionCookie
             | ProxyError::BadBody => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -115,6 +121,7 @@ impl ProxyError {
             ProxyError::NoHost => "no_host",
             ProxyError::ConflictingHost => "conflicting_host",
             ProxyError::DuplicateHeader(_) => "duplicate_header",
+            ProxyError::AmbiguousSessionCookie => "ambiguous_session_cookie",
             ProxyError::UriTooLong => "uri_too_long",
             ProxyError::HeadersTooLarge => "headers_too_large",
             ProxyError::BodyTimeout => "body_timeout",
