@@ -38,6 +38,11 @@ pub(crate) fn validate(
     } else {
         raw.to_string()
     };
+    // The limit holds for the URL as returned too (a path grows by the
+    // origin), so an accepted URL always validates again to itself.
+    if absolute.len() > 4096 {
+        return Err(RedirectError::Malformed);
+    }
     let uri: http::Uri = absolute.parse().map_err(|_| RedirectError::Malformed)?;
     let scheme = match uri.scheme_str() {
         Some(s) if s.eq_ignore_ascii_case("https") => "https",
@@ -125,6 +130,19 @@ mod tests {
         ] {
             assert!(check(raw).is_err(), "{raw:?} must be refused, got {:?}", check(raw));
         }
+    }
+
+    /// Found by the `return_url` fuzz target: a path just under the limit
+    /// was accepted, but its absolute form (origin prepended) was over it
+    /// and refused when validated again.
+    #[test]
+    fn accepted_urls_validate_again_to_themselves() {
+        let long = format!("/{}", "a".repeat(4090));
+        match check(&long) {
+            Ok(url) => assert_eq!(check(&url).as_deref(), Ok(url.as_str())),
+            Err(e) => assert_eq!(e, RedirectError::Malformed),
+        }
+        assert!(check(&format!("/{}", "a".repeat(4000))).is_ok());
     }
 
     /// Every payload of the shared list is refused, or normalized to a URL
