@@ -8,6 +8,7 @@
 pub(crate) mod limits;
 mod raw;
 pub mod reload;
+mod size;
 mod spec;
 mod yaml;
 

@@ -260,7 +260,7 @@ fn seconds_or_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duratio
 /// A byte size: a number of bytes or a string with a unit (`64KiB`).
 fn size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     let text = lenient_string(d)?;
-    super::limits::parse_size(&text).map(Some).map_err(de::Error::custom)
+    super::size::parse_size(&text).map(Some).map_err(de::Error::custom)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
