@@ -468,3 +468,195 @@ async fn the_defaults_refuse_a_70_kib_header_and_accept_a_16_kib_one() {
     assert!(up.seen().iter().all(|s| s.target == "/16k"), "refused requests reached the upstream");
     still_serves(&p, &up).await;
 }
+
+// ---------------------------------------------------------------------------
+// An upgraded connection (WebSocket) against max_connections
+// ---------------------------------------------------------------------------
+
+const WS_HOST: &str = "ws.example.com";
+
+/// A proxy with `settings`, the public route to `up` and a public
+/// WebSocket route `ws.example.com` to `ws` with `ws_extra` (lines
+/// indented by four spaces).
+fn start_with_ws(up: &Upstream, ws: &str, settings: &str, ws_extra: &str) -> Postern {
+    Postern::start(&format!(
+        "insecure_server: true\nmetrics_address: 127.0.0.1:0\n{settings}routes:\n  - from: http://{HOST}\n    to: {}\n    \
+         allow_public_unauthenticated_access: true\n  - from: http://{WS_HOST}\n    to: {ws}\n    \
+         allow_public_unauthenticated_access: true\n    allow_websockets: true\n{ws_extra}",
+        up.url()
+    ))
+}
+
+/// A keep-alive connection that has been answered once, left open.
+async fn held_connection(p: &Postern) -> TcpStream {
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    tcp.write_all(format!("GET /held HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).await.expect("write");
+    assert_eq!(read_status(&mut tcp, Duration::from_secs(10)).await, Some(200));
+    tcp
+}
+
+/// `postern_connections_open` and `postern_connections_refused_total`.
+async fn connection_counts(p: &Postern) -> (f64, f64) {
+    let text = support::scrape(p).await;
+    let open = support::metric(&text, "postern_connections_open", &[]).unwrap_or(0.0);
+    let refused = support::metric(&text, "postern_connections_refused_total", &[]).unwrap_or(0.0);
+    (open, refused)
+}
+
+/// The next connection is closed unanswered and counted as refused.
+async fn next_connection_is_refused(p: &Postern) {
+    let (_, before) = connection_counts(p).await;
+    let mut next = TcpStream::connect(p.addr).await.expect("connect");
+    let _ = next.write_all(&get("/refused", &[])).await;
+    assert_eq!(read_status(&mut next, Duration::from_secs(5)).await, None, "a connection past the limit was answered");
+    let (_, after) = connection_counts(p).await;
+    assert!(after > before, "the refusal was not counted: {before} -> {after}");
+}
+
+/// A new connection is served again within 5 s.
+async fn room_again(p: &Postern) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_of(p, &get("/after", &[])).await != Some(200) {
+        assert!(Instant::now() < deadline, "no room after the upgraded connection closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `postern_connections_open` is `want` (the test's own
+/// connections are closed by then), for at most 5 s.
+async fn open_count_settles_at(p: &Postern, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (open, _) = connection_counts(p).await;
+        if open == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "postern_connections_open is {open}, not {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_upgraded_websocket_keeps_its_connection_slot_until_it_closes() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let up = Upstream::start("up").await;
+    let echo = support::upstream::WsEcho::start().await;
+    let p = start_with_ws(&up, &echo.url(), "max_connections: 3\n", "");
+
+    let held = [held_connection(&p).await, held_connection(&p).await];
+    let tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let url = format!("ws://{WS_HOST}:{}/echo", p.addr.port());
+    let (mut ws, resp) = tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::client_async(url, tcp))
+        .await
+        .expect("handshake within 10 s")
+        .expect("WebSocket through the proxy");
+    assert_eq!(resp.status(), 101);
+    // An echo: the tunnel runs, and hyper has handed the connection over.
+    ws.send(Message::text("ping")).await.expect("send");
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time") {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "ping"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(connection_counts(&p).await.0, 3.0, "the WebSocket is not counted as open");
+
+    // Two plain connections and the WebSocket fill max_connections: 3.
+    next_connection_is_refused(&p).await;
+    // The tunnel still works beside the refusal.
+    ws.send(Message::text("still")).await.expect("send");
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.expect("echo in time") {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "still"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    ws.close(None).await.expect("close");
+    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    drop(ws);
+    room_again(&p).await;
+    drop(held);
+    open_count_settles_at(&p, 0.0).await;
+}
+
+/// An upstream that answers the first request on each connection with
+/// `101 Switching Protocols` and then hands the socket to the test.
+async fn upgrading_upstream() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<TcpStream>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+            if tcp.write_all(answer.as_bytes()).await.is_ok() && tx.send(tcp).is_err() {
+                return;
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A client connection upgraded through the proxy: the request, then the
+/// `101` read up to the end of its head.
+async fn upgraded(p: &Postern) -> TcpStream {
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    let req = format!("GET /raw HTTP/1.1\r\nHost: {WS_HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut byte))
+            .await
+            .expect("101 within 10 s")
+            .expect("read");
+        assert_eq!(n, 1, "closed before the 101: {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{:?}", String::from_utf8_lossy(&head));
+    tcp
+}
+
+#[tokio::test]
+async fn closing_either_side_of_a_tunnel_gives_its_connection_slot_back() {
+    let up = Upstream::start("up").await;
+    let (upstream, mut tunnels) = upgrading_upstream().await;
+    let p = start_with_ws(&up, &format!("http://{upstream}"), "max_connections: 1\n", "");
+
+    // The client closes.
+    let client = upgraded(&p).await;
+    let _upstream_side = tunnels.recv().await.expect("upstream side");
+    next_connection_is_refused(&p).await;
+    drop(client);
+    room_again(&p).await;
+    open_count_settles_at(&p, 0.0).await;
+
+    // The upstream closes: the proxy closes the client side too.
+    let mut client = upgraded(&p).await;
+    let upstream_side = tunnels.recv().await.expect("upstream side");
+    next_connection_is_refused(&p).await;
+    drop(upstream_side);
+    assert!(closed_within(&mut client, Duration::from_secs(5)).await.is_some(), "the client side stayed open");
+    room_again(&p).await;
+    open_count_settles_at(&p, 0.0).await;
+}
+
+#[tokio::test]
+async fn the_route_idle_timeout_ends_a_silent_tunnel_and_frees_its_slot() {
+    let up = Upstream::start("up").await;
+    let (upstream, mut tunnels) = upgrading_upstream().await;
+    let p = start_with_ws(&up, &format!("http://{upstream}"), "max_connections: 1\n", "    idle_timeout: 300ms\n");
+
+    let mut client = upgraded(&p).await;
+    let _upstream_side = tunnels.recv().await.expect("upstream side");
+    let closed =
+        closed_within(&mut client, Duration::from_secs(5)).await.expect("a silent tunnel still open after 5 s");
+    assert!(closed >= Duration::from_millis(250), "closed after {closed:?}, before the idle timeout");
+    room_again(&p).await;
+    open_count_settles_at(&p, 0.0).await;
+}

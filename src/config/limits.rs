@@ -45,7 +45,9 @@ pub struct Limits {
     pub keepalive_timeout: Duration,
     /// `max_connections`: client connections served at once across all
     /// workers; more are closed on accept and counted in
-    /// `postern_connections_refused_total`. 10,000; `0`: no limit.
+    /// `postern_connections_refused_total`. An upgraded connection
+    /// (WebSocket) keeps its place until its tunnel closes. 10,000; `0`: no
+    /// limit.
     pub max_connections: usize,
     /// `max_concurrent_streams`: HTTP/2 streams open at once on one
     /// connection. 128, nginx's `http2_max_concurrent_streams`.

@@ -7,14 +7,23 @@
 //! connection; [`Activity::expired`] resolves once there has been none for
 //! `header_read_timeout` before the first request, or `keepalive_timeout`
 //! after one, and the connection is then closed.
+//!
+//! [`ClientIo`] is the client socket as hyper sees it; it holds the
+//! connection's `max_connections` place for as long as the socket lives.
 
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+
+use crate::telemetry::ConnectionGuard;
 
 /// Requests in flight on one connection, and since when there were none.
 pub(crate) struct Activity {
@@ -77,6 +86,54 @@ impl Drop for InFlight {
         *activity.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
         activity.changed.notify_one();
+    }
+}
+
+/// A client socket and the `max_connections` place it holds. The place
+/// goes with the socket, not with the task that serves it: after a
+/// WebSocket upgrade hyper hands the socket over to the tunnel and the
+/// connection task ends, but the client holds a socket until the tunnel
+/// (either side closing, or the route's `idle_timeout`) drops it.
+pub(crate) struct ClientIo<S> {
+    io: S,
+    _slot: ConnectionGuard,
+}
+
+impl<S> ClientIo<S> {
+    pub(crate) fn new(io: S, slot: ConnectionGuard) -> Self {
+        ClientIo { io, _slot: slot }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientIo<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 

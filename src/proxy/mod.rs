@@ -128,11 +128,13 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // The place in `max_connections` lives as long as the socket, which
+        // an upgrade hands on to its tunnel.
+        let stream = idle::ClientIo::new(stream, open);
         let proxy = proxy.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _open = open;
             let peer = Peer::new(peer_addr.ip(), acceptor.is_some());
             let activity = idle::Activity::new();
             let requests = activity.clone();
@@ -238,9 +240,9 @@ pub async fn serve_redirect(proxy: Arc<Proxy>, listener: TcpListener, https_port
             drop(stream);
             continue;
         };
+        let stream = idle::ClientIo::new(stream, open);
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let _open = open;
             let peer = Peer::new(peer_addr.ip(), false);
             let activity = idle::Activity::new();
             let requests = activity.clone();
