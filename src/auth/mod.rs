@@ -68,6 +68,24 @@ pub(crate) enum AuthError {
     Oidc(#[from] OidcError),
 }
 
+/// What a config reload did to the identity assertion keys.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum KeyReload {
+    /// `signing_key` and `previous_signing_keys` are as before.
+    Unchanged,
+    /// New assertions are signed with `kid`; the JWKS publishes it and
+    /// `previous`.
+    Rotated { kid: String, previous: Vec<String> },
+    /// `signing_key` was removed: the running key stays (a random one
+    /// would break every upstream's verification) until a restart.
+    KeptRunning,
+}
+
+/// The previous signing keys' PEM, as the signer takes them.
+fn previous_keys(settings: &AuthSettings) -> Vec<&[u8]> {
+    settings.previous_signing_keys.iter().map(|k| k.0.as_slice()).collect()
+}
+
 /// What a route host asks the authenticate host to do (sealed, `SignIn`).
 #[derive(Serialize, Deserialize)]
 pub(crate) struct SignInRequest {
@@ -153,7 +171,9 @@ pub(crate) struct Authn {
 
 impl Auth {
     /// Builds the runtime from settings. Missing `cookie_secret` or
-    /// `signing_key` are generated; the returned warnings say so.
+    /// `signing_key` are generated; the returned warnings say so. The
+    /// public keys of `previous_signing_keys` are published with the
+    /// signing key's.
     pub fn new(settings: &AuthSettings, insecure_server: bool) -> (Auth, Vec<String>) {
         let mut warnings = Vec::new();
         let secret = match &settings.cookie_secret {
@@ -170,9 +190,9 @@ impl Auth {
             }
         };
         let signer = match &settings.signing_key {
-            Some(pem) => Signer::from_pem(&pem.0).unwrap_or_else(|e| {
-                // Config validation already parsed this key.
-                warnings.push(format!("signing_key unusable ({e}); using a random one"));
+            Some(pem) => Signer::from_keys(&pem.0, &previous_keys(settings)).unwrap_or_else(|e| {
+                // Config validation already parsed these keys.
+                warnings.push(format!("signing keys unusable ({e}); using a random one"));
                 Signer::generate()
             }),
             None => {
@@ -205,8 +225,28 @@ impl Auth {
         (auth, warnings)
     }
 
-    pub(crate) fn jwks(&self) -> &str {
+    pub(crate) fn jwks(&self) -> Arc<str> {
         self.signer.jwks()
+    }
+
+    /// Takes the signing keys of a reloaded config (`next`; `running` is
+    /// the config the keys in use came from): the only sign-in settings a
+    /// reload changes, so that keys rotate without a restart. Call it once
+    /// the reloaded config has been accepted; on an error the running keys
+    /// stay.
+    pub(crate) fn reload_signing_keys(
+        &self,
+        running: &AuthSettings,
+        next: &AuthSettings,
+    ) -> Result<KeyReload, assertion::SignerError> {
+        if (&running.signing_key, &running.previous_signing_keys) == (&next.signing_key, &next.previous_signing_keys) {
+            return Ok(KeyReload::Unchanged);
+        }
+        let Some(pem) = &next.signing_key else {
+            return Ok(KeyReload::KeptRunning);
+        };
+        self.signer.rotate(&pem.0, &previous_keys(next))?;
+        Ok(KeyReload::Rotated { kid: self.signer.kid(), previous: self.signer.previous_kids() })
     }
 
     pub(crate) fn can_sign_in(&self) -> bool {
@@ -392,5 +432,76 @@ pub mod bench {
     /// The assertion for `session_id` on one route, from the cache when fresh.
     pub fn cached_assertion(auth: &Auth, session_id: &str, identity: &Identity) -> String {
         auth.signer.assertion(session_id, "app", "app.example.com", "app.example.com", identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn key() -> Secret {
+        Secret(rcgen::KeyPair::generate().expect("P-256 key").serialize_pem().into_bytes())
+    }
+
+    fn kids(auth: &Auth) -> Vec<String> {
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&auth.jwks()).expect("jwks");
+        jwks.keys.iter().map(|k| k.common.key_id.clone().expect("kid")).collect()
+    }
+
+    #[test]
+    fn a_reload_rotates_the_signing_keys_and_nothing_else() {
+        let (a, b) = (key(), key());
+        let at_start = AuthSettings { signing_key: Some(a.clone()), ..AuthSettings::default() };
+        let (auth, warnings) = Auth::new(&at_start, false);
+        assert!(warnings.iter().all(|w| !w.contains("signing")), "{warnings:?}");
+        let kid_a = auth.signer.kid();
+        assert_eq!(kids(&auth), vec![kid_a.clone()]);
+
+        let same = AuthSettings { cookie: cookie_expire_probe(), ..at_start.clone() };
+        assert_eq!(auth.reload_signing_keys(&at_start, &same).expect("reload"), KeyReload::Unchanged);
+
+        let ahead = AuthSettings { previous_signing_keys: vec![b.clone()], ..at_start.clone() };
+        let Ok(KeyReload::Rotated { kid, previous }) = auth.reload_signing_keys(&at_start, &ahead) else {
+            panic!("rotated")
+        };
+        assert_eq!(kid, kid_a, "a still signs");
+        let kid_b = previous[0].clone();
+        assert_eq!(kids(&auth), vec![kid_a.clone(), kid_b.clone()]);
+
+        let swapped =
+            AuthSettings { signing_key: Some(b.clone()), previous_signing_keys: vec![a.clone()], ..at_start.clone() };
+        let reload = auth.reload_signing_keys(&ahead, &swapped).expect("reload");
+        assert_eq!(reload, KeyReload::Rotated { kid: kid_b.clone(), previous: vec![kid_a.clone()] });
+
+        let removed = AuthSettings { signing_key: None, previous_signing_keys: Vec::new(), ..at_start.clone() };
+        assert_eq!(auth.reload_signing_keys(&swapped, &removed).expect("reload"), KeyReload::KeptRunning);
+        assert_eq!(kids(&auth), vec![kid_b, kid_a], "the running keys stay");
+    }
+
+    /// Settings that differ in something other than the keys.
+    fn cookie_expire_probe() -> CookieSettings {
+        CookieSettings { expire: std::time::Duration::from_secs(60), ..CookieSettings::default() }
+    }
+
+    #[test]
+    fn every_cookie_keeps_a_host_prefix_valid() {
+        let settings = AuthSettings {
+            cookie: CookieSettings { name: "__Host-postern".into(), ..CookieSettings::default() },
+            ..AuthSettings::default()
+        };
+        let (auth, _) = Auth::new(&settings, false);
+        let route = CookieAttrs::session(&auth.cookie, false, None, Some(false));
+        let csrf = format!("{}{CSRF_COOKIE_SUFFIX}_abcdefgh", auth.cookie.name);
+        let authenticate = format!("{}{AUTHENTICATE_COOKIE_SUFFIX}", auth.cookie.name);
+        for attrs in [route, auth.authenticate_cookie(&csrf), auth.authenticate_cookie(&authenticate)] {
+            for value in [attrs.set("v", 60), attrs.clear()] {
+                let value = value.to_str().expect("ascii").to_string();
+                assert!(value.starts_with("__Host-postern"), "{value}");
+                let attrs: Vec<&str> = value.split("; ").skip(1).collect();
+                assert!(attrs.contains(&"Path=/") && attrs.contains(&"Secure"), "{value}");
+                assert!(!attrs.iter().any(|a| a.to_ascii_lowercase().starts_with("domain")), "{value}");
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! column and key path. A bad route is left out and reported; bad global
 //! settings make the whole file unusable ([`Error::Invalid`]).
 
+mod cookie_prefix;
 pub(crate) mod limits;
 mod raw;
 pub mod reload;
@@ -29,6 +30,7 @@ use raw::{KeyScope, RawRoute, RawSettings};
 use crate::suggest::closest;
 
 pub use crate::cors::CorsSpec;
+pub use cookie_prefix::CookiePrefix;
 pub use spec::{
     AuthSettings, CertifiedKey, CookieSettings, DirectResponse, IdpSettings, KubernetesSettings, Origin, Problem,
     Publish, RouteSpec, SameSite, Secret, Settings,
@@ -289,7 +291,7 @@ impl Loader {
         }
         settings.auth = self.auth_settings(&raw, &mut bad);
         if let Some(k) = raw.kubernetes {
-            let (kubernetes, defaults_problems) = self.kubernetes_settings(k, &mut bad);
+            let (kubernetes, defaults_problems) = self.kubernetes_settings(k, &settings.auth.cookie, &mut bad);
             settings.kubernetes = kubernetes;
             problems.extend(defaults_problems);
         }
@@ -385,34 +387,34 @@ impl Loader {
             }
         }
         if let Some(pem) = self.secret_value("signing_key", &raw.signing_key, &raw.signing_key_file, bad) {
-            // Pomerium accepts the PEM base64-encoded as well.
-            let pem = if pem.contains("-----BEGIN") {
-                pem
-            } else {
-                use base64::Engine as _;
-                base64::engine::general_purpose::STANDARD
-                    .decode(pem.trim())
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .unwrap_or(pem)
-            };
-            match ec_key_as_pkcs8(&pem) {
+            match signing_key_pkcs8(&pem) {
                 Some(pkcs8) => auth.signing_key = Some(Secret(pkcs8.into_bytes())),
-                None => bad(
-                    "signing_key",
-                    "is not an EC P-256 private key in PEM form (PKCS#8 `BEGIN PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`)"
-                        .into(),
-                ),
+                None => bad("signing_key", NOT_A_SIGNING_KEY.into()),
+            }
+        }
+        auth.previous_signing_keys = self.previous_signing_keys(raw, auth.signing_key.as_ref(), bad);
+        if let Some(prefix) = CookiePrefix::of(&auth.cookie.name) {
+            let name = &auth.cookie.name;
+            if raw.insecure_server {
+                bad("cookie_name", prefix.secure_refused(name));
+            }
+            if prefix.forbids_domain() && auth.cookie.domain.is_some() {
+                bad("cookie_domain", prefix.domain_refused(name));
+            }
+            if prefix.needs_http_only() && !auth.cookie.http_only {
+                bad("cookie_http_only", prefix.http_only_refused(name));
             }
         }
         auth
     }
 
     /// `kubernetes:`. `route_defaults` is checked as route keys (with
-    /// positions); its problems are returned apart.
+    /// positions), and against the session cookie's name prefix (a default
+    /// every cluster route would fail on); its problems are returned apart.
     fn kubernetes_settings(
         &self,
         raw: raw::RawKubernetes,
+        cookie: &CookieSettings,
         bad: &mut impl FnMut(&str, String),
     ) -> (KubernetesSettings, Vec<Problem>) {
         let mut k = KubernetesSettings { enabled: raw.enabled, namespaces: raw.namespaces, ..Default::default() };
@@ -461,6 +463,14 @@ impl Loader {
             for key in defaults.keys().filter(|key| PER_OBJECT_KEYS.contains(&key.as_str())) {
                 problems.push(self.problem(path, Some(key), "is set by each object, not as a default"));
             }
+            if let Some(prefix) = CookiePrefix::of(&cookie.name) {
+                if prefix.forbids_domain() && defaults.get("cookie_domain").is_some_and(|v| !v.is_null()) {
+                    problems.push(self.problem(path, Some("cookie_domain"), prefix.domain_refused(&cookie.name)));
+                }
+                if prefix.needs_http_only() && defaults.get("cookie_http_only") == Some(&Value::Bool(false)) {
+                    problems.push(self.problem(path, Some("cookie_http_only"), prefix.http_only_refused(&cookie.name)));
+                }
+            }
             let mut probe = defaults.clone();
             probe.insert("from".into(), Value::String("https://route-defaults.invalid".into()));
             if problems.is_empty() && self.route_at(path, Value::Object(probe), &mut problems).is_some() {
@@ -468,6 +478,89 @@ impl Loader {
             }
         }
         (k, problems)
+    }
+
+    /// `previous_signing_keys` (each entry as `signing_key` takes it) or
+    /// `previous_signing_keys_file` (a file per key), not both. Problems
+    /// name the entry by its index. A key equal to `current` or to an
+    /// earlier entry is refused: the list is of keys that do not sign now,
+    /// and a repeated entry is most likely a key pasted in place of
+    /// another one.
+    fn previous_signing_keys(
+        &self,
+        raw: &RawSettings,
+        current: Option<&Secret>,
+        bad: &mut impl FnMut(&str, String),
+    ) -> Vec<Secret> {
+        let (key, texts): (&str, Vec<Option<String>>) =
+            match (raw.previous_signing_keys.is_empty(), raw.previous_signing_keys_file.is_empty()) {
+                (true, true) => return Vec::new(),
+                (false, false) => {
+                    bad(
+                        "previous_signing_keys_file",
+                        "set either previous_signing_keys or previous_signing_keys_file, not both".into(),
+                    );
+                    return Vec::new();
+                }
+                (false, true) => {
+                    ("previous_signing_keys", raw.previous_signing_keys.iter().cloned().map(Some).collect())
+                }
+                (true, false) => {
+                    let read = |(i, file): (usize, &String)| {
+                        let path = self.base.join(file);
+                        std::fs::read_to_string(&path)
+                            .map(|text| text.trim_end().to_string())
+                            .map_err(|e| {
+                                bad(
+                                    &format!("previous_signing_keys_file[{i}]"),
+                                    format!("cannot read {}: {e}", path.display()),
+                                )
+                            })
+                            .ok()
+                    };
+                    (
+                        "previous_signing_keys_file",
+                        raw.previous_signing_keys_file.iter().enumerate().map(read).collect(),
+                    )
+                }
+            };
+        if raw.signing_key.is_none() && raw.signing_key_file.is_none() {
+            bad(
+                key,
+                "is set but signing_key is not: previous keys are published next to the key that signs; \
+                 set signing_key (or signing_key_file)"
+                    .into(),
+            );
+            return Vec::new();
+        }
+        let current = current.and_then(|k| ec_public_key(&k.0));
+        let mut seen: Vec<(String, p256::PublicKey)> = Vec::new();
+        let mut keys = Vec::with_capacity(texts.len());
+        for (i, text) in texts.into_iter().enumerate() {
+            let field = format!("{key}[{i}]");
+            // An unreadable file was reported when it was read.
+            let Some(text) = text else { continue };
+            let Some((pkcs8, public)) =
+                signing_key_pkcs8(&text).and_then(|p| ec_public_key(p.as_bytes()).map(|k| (p, k)))
+            else {
+                bad(&field, NOT_A_SIGNING_KEY.into());
+                continue;
+            };
+            if current == Some(public) {
+                bad(
+                    &field,
+                    "is the same key as signing_key; list the keys that signed before it (or will sign after it), \
+                     not the one that signs now"
+                        .into(),
+                );
+            } else if let Some((other, _)) = seen.iter().find(|(_, k)| *k == public) {
+                bad(&field, format!("is the same key as {other}"));
+            } else {
+                seen.push((field, public));
+                keys.push(Secret(pkcs8.into_bytes()));
+            }
+        }
+        keys
     }
 
     /// A secret given inline (`key`) or in a file (`key_file`), not both.
@@ -674,6 +767,30 @@ fn tidy_serde_message(message: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// What `signing_key` and each previous key must be.
+const NOT_A_SIGNING_KEY: &str =
+    "is not an EC P-256 private key in PEM form (PKCS#8 `BEGIN PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`)";
+
+/// A signing key as the config gives it (PEM, or PEM base64-encoded as
+/// Pomerium accepts it) as PKCS#8 PEM; `None` if it is not an EC P-256
+/// private key.
+fn signing_key_pkcs8(text: &str) -> Option<String> {
+    if text.contains("-----BEGIN") {
+        return ec_key_as_pkcs8(text);
+    }
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?;
+    ec_key_as_pkcs8(&String::from_utf8(decoded).ok()?)
+}
+
+/// The public key of an EC P-256 private key in PKCS#8 PEM (to tell two
+/// keys apart whatever form each was written in).
+fn ec_public_key(pkcs8: &[u8]) -> Option<p256::PublicKey> {
+    use p256::pkcs8::DecodePrivateKey;
+    let pem = std::str::from_utf8(pkcs8).ok()?;
+    Some(p256::SecretKey::from_pkcs8_pem(pem).ok()?.public_key())
+}
 
 /// An EC P-256 private key in PEM as PKCS#8 PEM, the form the signing code
 /// takes; `None` if it is not one. SEC1 (`BEGIN EC PRIVATE KEY`) is what

@@ -62,6 +62,12 @@ pub(super) struct RawSettings {
     pub cookie_expire: Option<Duration>,
     pub signing_key: Option<String>,
     pub signing_key_file: Option<String>,
+    /// Keys published in the JWKS but never signed with: each entry as
+    /// `signing_key` takes it (PEM, or base64 of it), or a file name each.
+    #[serde(default)]
+    pub previous_signing_keys: Vec<String>,
+    #[serde(default)]
+    pub previous_signing_keys_file: Vec<String>,
     pub kubernetes: Option<RawKubernetes>,
     /// Declared so `routes` is a known key; `super::parse` takes the routes
     /// out first and checks them one at a time, so one bad route does not

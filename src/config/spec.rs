@@ -91,8 +91,15 @@ pub struct AuthSettings {
     pub cookie: CookieSettings,
     /// 32 bytes from `cookie_secret`; `None`: generate one at start-up.
     pub cookie_secret: Option<Secret>,
-    /// EC P-256 private key (PEM) for identity assertions; `None`: generate.
+    /// EC P-256 private key (PKCS#8 PEM) for identity assertions; `None`:
+    /// generate.
     pub signing_key: Option<Secret>,
+    /// EC P-256 private keys (PKCS#8 PEM) that signed before `signing_key`
+    /// (or will sign after it): their public keys are published in the
+    /// JWKS next to its, so a rotation never leaves an upstream with an
+    /// assertion it cannot verify. Never signed with. Checked: each differs
+    /// from `signing_key` and from the others.
+    pub previous_signing_keys: Vec<Secret>,
 }
 
 /// The OpenID provider Postern signs users in with.

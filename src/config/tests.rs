@@ -218,3 +218,208 @@ fn max_request_body_from_an_annotation_or_a_route_object() {
     let text = format!("{problems:?}");
     assert!(text.contains("max_request_body") && text.contains("invalid size \\\"huge\\\""), "{text}");
 }
+
+/// A fresh EC P-256 key: (PKCS#8 PEM, SEC1 PEM of the same key).
+fn ec_key() -> (String, String) {
+    use p256::pkcs8::DecodePrivateKey;
+    let pkcs8 = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    let sec1 = p256::SecretKey::from_pkcs8_pem(&pkcs8)
+        .expect("parse")
+        .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+        .expect("sec1")
+        .to_string();
+    (pkcs8, sec1)
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// `text` as a YAML block scalar indented by `indent` spaces.
+fn block(text: &str, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    format!("|\n{}", text.lines().map(|l| format!("{pad}{l}\n")).collect::<String>())
+}
+
+fn same_key(pkcs8: &Secret, pem: &str) -> bool {
+    use p256::pkcs8::DecodePrivateKey;
+    let ours = p256::SecretKey::from_pkcs8_pem(std::str::from_utf8(&pkcs8.0).expect("utf-8")).expect("pkcs8");
+    ours == p256::SecretKey::from_pkcs8_pem(pem).expect("pem")
+}
+
+#[test]
+fn previous_signing_keys_inline_in_any_form_or_a_file_each() {
+    let ((a, _), (b, b_sec1), (c, _)) = (ec_key(), ec_key(), ec_key());
+    let config =
+        format!("signing_key: {}\nprevious_signing_keys:\n  - {}  - {}\n", b64(&a), block(&b_sec1, 4), b64(&c));
+    let auth = parse_ok(&config).settings.auth;
+    assert!(same_key(auth.signing_key.as_ref().expect("signing_key"), &a));
+    assert_eq!(auth.previous_signing_keys.len(), 2);
+    assert!(same_key(&auth.previous_signing_keys[0], &b), "SEC1 PEM in a block scalar, as PKCS#8");
+    assert!(same_key(&auth.previous_signing_keys[1], &c), "base64 PEM, as Pomerium takes signing_key");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, pem) in [("a.pem", &a), ("b.pem", &b_sec1), ("c.pem", &c)] {
+        std::fs::write(dir.path().join(name), pem).expect("write");
+    }
+    let config = "signing_key_file: a.pem\nprevious_signing_keys_file: [b.pem, c.pem]\n";
+    let auth = parse("c.yaml", config, dir.path()).expect("loads").settings.auth;
+    assert!(same_key(auth.signing_key.as_ref().expect("signing_key"), &a));
+    assert!(same_key(&auth.previous_signing_keys[0], &b) && same_key(&auth.previous_signing_keys[1], &c));
+    assert!(parse_ok(&format!("signing_key: {}\n", b64(&a))).settings.auth.previous_signing_keys.is_empty());
+}
+
+#[test]
+fn bad_previous_signing_keys_are_named_by_their_index() {
+    let ((a, a_sec1), (b, _)) = (ec_key(), ec_key());
+    let invalid = |text: &str| match parse("config.yaml", text, Path::new(".")) {
+        Err(Error::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        other => panic!("expected the file to be refused, got {other:?}"),
+    };
+    let (a, a_sec1, b) = (b64(&a), b64(&a_sec1), b64(&b));
+
+    assert_eq!(
+        invalid(&format!("signing_key: {a}\nprevious_signing_keys:\n  - {b}\n  - not a key\n")),
+        vec![
+            "config.yaml:4:5: previous_signing_keys[1]: is not an EC P-256 private key in PEM form \
+             (PKCS#8 `BEGIN PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`)"
+        ]
+    );
+    assert_eq!(
+        invalid(&format!("signing_key: {a}\nprevious_signing_keys:\n  - {b}\n  - {a_sec1}\n")),
+        vec![
+            "config.yaml:4:5: previous_signing_keys[1]: is the same key as signing_key; list the keys that signed \
+             before it (or will sign after it), not the one that signs now"
+        ],
+        "the same key in another form is the same key"
+    );
+    assert_eq!(
+        invalid(&format!("signing_key: {a}\nprevious_signing_keys:\n  - {b}\n  - {b}\n")),
+        vec!["config.yaml:4:5: previous_signing_keys[1]: is the same key as previous_signing_keys[0]"]
+    );
+    assert_eq!(
+        invalid(&format!("previous_signing_keys: [{b}]\n")),
+        vec![
+            "config.yaml:1:1: previous_signing_keys: is set but signing_key is not: previous keys are published \
+             next to the key that signs; set signing_key (or signing_key_file)"
+        ]
+    );
+    assert_eq!(
+        invalid(&format!("signing_key: {a}\nprevious_signing_keys: [{b}]\nprevious_signing_keys_file: [b.pem]\n")),
+        vec![
+            "config.yaml:3:1: previous_signing_keys_file: set either previous_signing_keys or \
+             previous_signing_keys_file, not both"
+        ]
+    );
+    let p = invalid(&format!("signing_key: {a}\nprevious_signing_keys_file:\n  - missing.pem\n"));
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("config.yaml:3:5: previous_signing_keys_file[0]: cannot read ./missing.pem: "), "{p:?}");
+    assert_eq!(
+        invalid(&format!("signing_key: {a}\nprevious_signing_keys: {b}\n")),
+        vec![format!("config.yaml:2:1: previous_signing_keys: string \"{b}\", expected a list")]
+    );
+}
+
+/// Problems of a config file and of compiling its routes, as a reload
+/// checks them.
+fn problems_compiled(text: &str) -> Vec<String> {
+    match parse("config.yaml", text, Path::new(".")) {
+        Ok(c) => {
+            let (_, compile) = crate::routes::RouteTable::compile(&c.settings, c.routes);
+            c.problems.iter().chain(&compile).map(ToString::to_string).collect()
+        }
+        Err(Error::Invalid { problems, .. }) => problems.iter().map(ToString::to_string).collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+const HOST_DOMAIN: &str = "cannot be used with a __Host- cookie_name (\"__Host-postern\"): browsers drop a __Host- \
+     cookie that has a Domain attribute, so the session cookie would never be kept; leave cookie_domain out (the \
+     cookie is then host-only), or use a cookie_name without __Host- (such as __Secure-postern) to share the cookie \
+     between hosts";
+
+#[test]
+fn a_host_cookie_name_refuses_a_cookie_domain_anywhere() {
+    let ok = parse_ok("cookie_name: __Host-postern\nroutes:\n  - from: https://a.example.com\n    to: http://b\n");
+    assert_eq!(ok.settings.auth.cookie.name, "__Host-postern");
+    assert!(
+        problems_compiled("cookie_name: __Host-postern\nroutes:\n  - from: https://a.example.com\n    to: http://b\n")
+            .is_empty()
+    );
+
+    assert_eq!(
+        problems_compiled("cookie_name: __Host-postern\ncookie_domain: example.com\n"),
+        vec![format!("config.yaml:2:1: cookie_domain: {HOST_DOMAIN}")]
+    );
+    // A route's own cookie_domain: that route is left out, the others compile.
+    assert_eq!(
+        problems_compiled(
+            "cookie_name: __Host-postern\nroutes:\n  - from: https://a.example.com\n    to: http://b\n  \
+             - from: https://app.example.com\n    to: http://b\n    cookie_domain: app.example.com\n"
+        ),
+        vec![format!("config.yaml:7:5: routes[1].cookie_domain: {HOST_DOMAIN}")]
+    );
+    // A default for every cluster route: refused with the file, not per object.
+    assert_eq!(
+        problems_compiled(
+            "cookie_name: __Host-postern\nkubernetes:\n  route_defaults:\n    cookie_domain: example.com\n"
+        ),
+        vec![format!("config.yaml:4:5: kubernetes.route_defaults.cookie_domain: {HOST_DOMAIN}")]
+    );
+    // Browsers match the prefix in any letter case, so Postern does.
+    let p = problems_compiled("cookie_name: __HOST-postern\ncookie_domain: example.com\n");
+    assert_eq!(
+        p,
+        vec![
+            "config.yaml:2:1: cookie_domain: cannot be used with a __Host- cookie_name (\"__HOST-postern\", a prefix \
+             browsers match in any letter case): browsers drop a __Host- cookie that has a Domain attribute, so the \
+             session cookie would never be kept; leave cookie_domain out (the cookie is then host-only), or use a \
+             cookie_name without __Host- (such as __Secure-postern) to share the cookie between hosts"
+        ]
+    );
+    // __Secure- allows a Domain.
+    assert!(problems_compiled("cookie_name: __Secure-postern\ncookie_domain: example.com\n").is_empty());
+}
+
+#[test]
+fn a_prefixed_cookie_name_refuses_settings_that_drop_secure_or_http_only() {
+    for name in ["__Host-postern", "__Secure-postern", "__Http-postern", "__Host-Http-postern"] {
+        let prefix = name.rsplit_once("postern").expect("prefix").0;
+        assert_eq!(
+            problems_compiled(&format!("cookie_name: {name}\ninsecure_server: true\n")),
+            vec![format!(
+                "config.yaml:1:1: cookie_name: \"{name}\" is a {prefix} name, which browsers keep only with the \
+                 Secure attribute, and Postern leaves Secure off with insecure_server: true; serve TLS, or use a \
+                 cookie_name without {prefix}"
+            )],
+            "{name}"
+        );
+    }
+    assert!(problems_compiled("cookie_name: _postern\ninsecure_server: true\n").is_empty());
+
+    let http_only = |prefix: &str, name: &str| {
+        format!(
+            "cannot be false with a {prefix} cookie_name (\"{name}\"): browsers drop a {prefix} cookie without \
+             HttpOnly; use a cookie_name without {prefix} for a cookie scripts may read"
+        )
+    };
+    assert_eq!(
+        problems_compiled("cookie_name: __Http-postern\ncookie_http_only: false\n"),
+        vec![format!("config.yaml:2:1: cookie_http_only: {}", http_only("__Http-", "__Http-postern"))]
+    );
+    assert_eq!(
+        problems_compiled(
+            "cookie_name: __Host-Http-postern\nroutes:\n  - from: https://a.example.com\n    to: http://b\n    \
+             cookie_http_only: false\n"
+        ),
+        vec![format!(
+            "config.yaml:5:5: routes[0].cookie_http_only: {}",
+            http_only("__Host-Http-", "__Host-Http-postern")
+        )]
+    );
+    assert!(
+        problems_compiled("cookie_name: __Host-postern\ncookie_http_only: false\n").is_empty(),
+        "__Host- allows scripts"
+    );
+}

@@ -11,7 +11,7 @@ use rustls_pki_types::pem::PemObject;
 
 use super::route::{Action, FromUrl, HostHeader, PathRule, Route, Upstream, UpstreamTls, Upstreams};
 use crate::auth::CookieAttrs;
-use crate::config::{Problem, RouteSpec, Settings};
+use crate::config::{CookiePrefix, Problem, RouteSpec, Settings};
 use crate::cors::CorsPolicy;
 use crate::policy::{Policy, PolicySpec};
 
@@ -144,6 +144,17 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
     };
     if let Some(domain) = &spec.cookie_domain {
         check_cookie_domain(domain, &from.host).map_err(|m| bad("cookie_domain", m))?;
+    }
+    // The global settings were checked against the name with the config;
+    // a route's own overrides (file or cluster object) are checked here.
+    let cookie_name = &settings.auth.cookie.name;
+    if let Some(prefix) = CookiePrefix::of(cookie_name) {
+        if prefix.forbids_domain() && spec.cookie_domain.is_some() {
+            return Err(bad("cookie_domain", prefix.domain_refused(cookie_name)));
+        }
+        if prefix.needs_http_only() && spec.cookie_http_only == Some(false) {
+            return Err(bad("cookie_http_only", prefix.http_only_refused(cookie_name)));
+        }
     }
 
     Ok(Route {

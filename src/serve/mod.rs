@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Auth;
+use crate::auth::{Auth, KeyReload};
 use crate::config::{self, Config, reload};
 pub use sources::{PublishError, RouteSources};
 
@@ -65,7 +65,8 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
     for warning in warnings {
         tracing::warn!("{warning}");
     }
-    let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone(), Arc::new(auth)));
+    let auth = Arc::new(auth);
+    let proxy = Arc::new(Proxy::new(routes.clone(), metrics.clone(), certs.clone(), auth.clone()));
     // Ready once the cluster's first full sync is in the table.
     let mut controller = None;
     let cluster_synced = if cluster.enable || settings.kubernetes.enabled {
@@ -127,7 +128,7 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
         None => metrics.set_ready(true),
     }
 
-    let reloader = tokio::spawn(reload_loop(triggers, config_path, settings, sources, metrics.clone()));
+    let reloader = tokio::spawn(reload_loop(triggers, config_path, settings, sources, auth, metrics.clone()));
     shutdown.wait().await;
     tracing::info!("shutting down");
     metrics.set_ready(false);
@@ -143,19 +144,22 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
 }
 
 /// Reloads on every trigger. A config with any problem is rejected whole
-/// and the last good table keeps serving.
+/// and the last good table (and signing keys) keep serving. Of the sign-in
+/// settings only the signing keys are reloaded (see
+/// [`Auth::reload_signing_keys`]).
 async fn reload_loop(
     mut triggers: reload::ReloadTriggers,
     path: PathBuf,
     mut settings: config::Settings,
     sources: Arc<RouteSources>,
+    auth: Arc<Auth>,
     metrics: Arc<Metrics>,
 ) {
     while let Some(trigger) = triggers.rx.recv().await {
         tokio::time::sleep(reload::SETTLE).await;
         while triggers.rx.try_recv().is_ok() {}
         match load_clean(&path) {
-            Ok((next_settings, specs)) => {
+            Ok((mut next_settings, specs)) => {
                 warn_about_restart_only_settings(&settings, &next_settings);
                 // Restart-only settings keep their running values.
                 let running = config::Settings { kubernetes: settings.kubernetes.clone(), ..next_settings.clone() };
@@ -164,6 +168,7 @@ async fn reload_loop(
                     metrics.reloaded(false);
                     continue;
                 }
+                reload_signing_keys(&auth, &settings.auth, &mut next_settings.auth);
                 tracing::info!(routes = sources.routes.snapshot().len(), ?trigger, "config reloaded");
                 metrics.reloaded(true);
                 settings = next_settings;
@@ -192,13 +197,44 @@ fn load_clean(path: &Path) -> Result<(config::Settings, Vec<config::RouteSpec>),
     if problems.is_empty() { Ok((settings, routes)) } else { Err(problems.iter().map(ToString::to_string).collect()) }
 }
 
+/// Hands a reloaded config's signing keys to `auth`. If they cannot be
+/// used (the config check makes that unlikely), `next` is given the
+/// running keys back, so it says what is in use.
+fn reload_signing_keys(auth: &Auth, running: &config::AuthSettings, next: &mut config::AuthSettings) {
+    match auth.reload_signing_keys(running, next) {
+        Ok(KeyReload::Unchanged) => {}
+        Ok(KeyReload::Rotated { kid, previous }) => {
+            tracing::info!(signing.kid = %kid, signing.previous = ?previous, "signing keys reloaded");
+        }
+        Ok(KeyReload::KeptRunning) => {
+            tracing::warn!(
+                "signing_key was removed: assertions are signed with the running key until a restart, \
+                 which generates a random one"
+            );
+            next.signing_key = running.signing_key.clone();
+            next.previous_signing_keys = running.previous_signing_keys.clone();
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "reloaded signing keys unusable; keeping the running ones");
+            next.signing_key = running.signing_key.clone();
+            next.previous_signing_keys = running.previous_signing_keys.clone();
+        }
+    }
+}
+
 fn warn_about_restart_only_settings(old: &config::Settings, new: &config::Settings) {
+    // The signing keys are reloaded; the rest of the sign-in settings not.
+    let restart_only = |auth: &config::AuthSettings| config::AuthSettings {
+        signing_key: None,
+        previous_signing_keys: Vec::new(),
+        ..auth.clone()
+    };
     let changed = [
         ("address", old.address != new.address),
         ("http_redirect_addr", old.http_redirect_addr != new.http_redirect_addr),
         ("insecure_server", old.insecure_server != new.insecure_server),
         ("metrics_address", old.metrics_address != new.metrics_address),
-        ("sign-in and cookie settings", old.auth != new.auth),
+        ("sign-in and cookie settings", restart_only(&old.auth) != restart_only(&new.auth)),
         ("kubernetes", old.kubernetes != new.kubernetes),
     ];
     for (key, differs) in changed {

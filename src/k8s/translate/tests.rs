@@ -168,3 +168,56 @@ fn a_route_resource_in_camel_case() {
     let text: Vec<String> = t.problems.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|p| p.starts_with("Route ns/api: spec.idleTimeout")), "{text:?}");
 }
+
+#[test]
+fn a_cookie_domain_a_host_cookie_name_refuses_is_the_objects_own_problem() {
+    // As the controller checks each translated route: the compile problem,
+    // named as the object's own field, on that object only.
+    let settings = crate::config::Settings {
+        auth: crate::config::AuthSettings {
+            cookie: crate::config::CookieSettings { name: "__Host-postern".into(), ..Default::default() },
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let rules = |host: &str| {
+        json!({ "rules": [{ "host": host, "http": { "paths": [
+            { "path": "/", "pathType": "Prefix", "backend": backend("web", json!({"number": 80})) } ]}}]})
+    };
+    let problems = |t: &Translated, rename: &dyn Fn(Problem) -> Problem| -> Vec<String> {
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        t.routes
+            .iter()
+            .filter_map(|r| crate::routes::RouteTable::check(&settings, &r.spec).err())
+            .map(|p| rename(p).to_string())
+            .collect()
+    };
+    let by_ingress = |p| rename_ingress_field(p, "spec");
+    let good = super::ingress(&ingress_object(rules("a.example.com"), json!({})), &Map::new(), &endpoints());
+    assert!(problems(&good, &by_ingress).is_empty(), "an object without cookie_domain is fine");
+    for key in ["postern.dev/cookie_domain", "ingress.pomerium.io/cookie_domain"] {
+        let bad = ingress_object(rules("b.example.com"), json!({ key: "b.example.com" }));
+        let found = problems(&super::ingress(&bad, &Map::new(), &endpoints()), &by_ingress);
+        assert_eq!(found.len(), 1, "{key}: {found:?}");
+        assert!(
+            found[0].starts_with(
+                "Ingress ns/web: metadata.annotations[postern.dev/cookie_domain]: cannot be used with a __Host- \
+                 cookie_name (\"__Host-postern\"): browsers drop a __Host- cookie that has a Domain attribute"
+            ),
+            "{key}: {found:?}"
+        );
+    }
+
+    let route: Route = serde_json::from_value(json!({
+        "apiVersion": "postern.dev/v1alpha1", "kind": "Route",
+        "metadata": { "name": "api", "namespace": "ns" },
+        "spec": { "from": "https://api.example.com", "to": [{ "url": "http://x" }], "cookieDomain": "api.example.com" }
+    }))
+    .expect("route");
+    let found = problems(&super::route(&route, &Map::new(), &endpoints()), &rename_route_field);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(
+        found[0].starts_with("Route ns/api: spec.cookieDomain: cannot be used with a __Host- cookie_name"),
+        "{found:?}"
+    );
+}
