@@ -660,3 +660,101 @@ async fn the_route_idle_timeout_ends_a_silent_tunnel_and_frees_its_slot() {
     room_again(&p).await;
     open_count_settles_at(&p, 0.0).await;
 }
+
+// ---------------------------------------------------------------------------
+// The wait between keep-alive requests (keepalive_timeout) and the time to
+// send a head once it started (header_read_timeout)
+// ---------------------------------------------------------------------------
+
+/// Sends a keep-alive GET for `path` on `tcp` and reads the whole response
+/// (its head and a `Content-Length` body); returns the status.
+async fn exchange(tcp: &mut TcpStream, path: &str) -> u16 {
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                assert!(!head.contains("transfer-encoding"), "a chunked response: {head}");
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().expect("content-length"));
+                if buf.len() >= end + 4 + len {
+                    assert_eq!(buf.len(), end + 4 + len, "bytes after the response");
+                    return head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status");
+                }
+            }
+            let n = tcp.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed before the response to {path} was complete");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("a response within 10 s")
+}
+
+#[tokio::test]
+async fn keep_alive_waits_keepalive_timeout_for_the_next_request_not_header_read_timeout() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "header_read_timeout: 300ms\nkeepalive_timeout: 2s\n", "");
+
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    assert_eq!(exchange(&mut tcp, "/first").await, 200);
+    // Idle for more than header_read_timeout, less than keepalive_timeout.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(exchange(&mut tcp, "/second").await, 200);
+    // Idle past keepalive_timeout.
+    let closed = closed_within(&mut tcp, Duration::from_millis(2500)).await;
+    let closed = closed.expect("an idle keep-alive connection still open 2.5 s after its last response");
+    assert!(closed >= Duration::from_millis(1800), "closed after {closed:?}, before keepalive_timeout");
+    assert_eq!(up.seen().len(), 2);
+    still_serves(&p, &up).await;
+}
+
+#[tokio::test]
+async fn a_next_head_must_arrive_within_header_read_timeout_of_its_first_byte() {
+    let up = Upstream::start("up").await;
+    let p = start(&up, "header_read_timeout: 300ms\nkeepalive_timeout: 2s\n", "");
+
+    // Half a head after an idle second, then nothing.
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    assert_eq!(exchange(&mut tcp, "/first").await, 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tcp.write_all(format!("GET /half HTTP/1.1\r\nHost: {HOST}\r\n").as_bytes()).await.expect("write");
+    let closed = closed_within(&mut tcp, Duration::from_secs(5)).await.expect("a half-sent head still open after 5 s");
+    // keepalive_timeout would have closed it 1 s after the half head.
+    assert!(
+        closed >= Duration::from_millis(200) && closed < Duration::from_millis(900),
+        "closed {closed:?} after the half head, not after header_read_timeout"
+    );
+
+    // A head sent a byte at a time keeps arriving, but not for longer than
+    // header_read_timeout in all.
+    let mut tcp = TcpStream::connect(p.addr).await.expect("connect");
+    assert_eq!(exchange(&mut tcp, "/first").await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let head = format!("GET /trickle HTTP/1.1\r\nHost: {HOST}\r\nX-Slow: {}\r\n\r\n", "x".repeat(100));
+    let started = Instant::now();
+    let mut closed = None;
+    for byte in head.as_bytes() {
+        if tcp.write_all(std::slice::from_ref(byte)).await.is_err() {
+            closed = Some(started.elapsed());
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(50), tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = Some(started.elapsed());
+                break;
+            }
+            Ok(Ok(_)) => panic!("the trickled head was answered"),
+            Err(_) => {}
+        }
+    }
+    let closed = closed.expect("a head trickled over 7 s was served");
+    assert!(closed < Duration::from_millis(1200), "a trickled head held the connection for {closed:?}");
+
+    assert!(up.seen().iter().all(|s| s.target == "/first"), "a partial head reached the upstream");
+    still_serves(&p, &up).await;
+}

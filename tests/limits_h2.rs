@@ -203,3 +203,25 @@ async fn a_tls_connection_that_sends_nothing_after_the_handshake_is_closed_after
     let resp = p.client().get(p.url("app.example.com", "/")).send().await.expect("request after");
     assert_eq!(resp.status(), 200);
 }
+
+#[tokio::test]
+async fn an_http2_connection_waits_keepalive_timeout_between_streams_not_header_read_timeout() {
+    const PING: u8 = 0x6;
+    let up = Upstream::start("up").await;
+    let p = start(&up, "header_read_timeout: 300ms\nkeepalive_timeout: 2s\n");
+    let mut tcp = open(&p).await;
+    let ok = |kind: u8, payload: &[u8]| (kind == HEADERS).then(|| payload.first().copied());
+    tcp.write_all(&frame(HEADERS, 0x5, 1, &get_headers())).await.expect("request");
+    assert_eq!(read_frames(&mut tcp, ok).await, Some(Some(0x88)));
+    // Idle for longer than header_read_timeout, with a ping on the way:
+    // bytes between streams start no head.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tcp.write_all(&frame(PING, 0, 0, &[0; 8])).await.expect("ping");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tcp.write_all(&frame(HEADERS, 0x5, 3, &get_headers())).await.expect("second request");
+    assert_eq!(read_frames(&mut tcp, ok).await, Some(Some(0x88)), "no answer after an idle second");
+    // Without a stream for keepalive_timeout: closed.
+    let waited = closed_after(&mut tcp).await.expect("idle HTTP/2 connection still open after 5 s");
+    assert!(waited >= Duration::from_millis(1800), "closed after {waited:?}, before keepalive_timeout");
+    assert_eq!(up.seen().len(), 2);
+}

@@ -31,17 +31,17 @@ pub struct Limits {
     /// `max_header_count`: most request headers, answered with 431. 100,
     /// as Envoy's `max_request_headers_count` and hyper's default.
     pub max_header_count: usize,
-    /// `header_read_timeout`: longest a client may take to finish a TLS
-    /// handshake and send its request headers, and to send a first request
-    /// at all. 30 s: half nginx's `client_header_timeout 60s`; a client
-    /// that is this slow is not a browser.
+    /// `header_read_timeout`: longest a client may take, from accept, to
+    /// finish a TLS handshake and send its first request's headers; on a
+    /// kept-alive HTTP/1 connection, to send a later request's headers once
+    /// their first byte arrived (nginx's `client_header_timeout`). 30 s:
+    /// half nginx's 60 s; a client that is this slow is not a browser.
     pub header_read_timeout: Duration,
     /// `keepalive_timeout`: an idle connection (no request in flight) is
-    /// closed after this long. 75 s, nginx's `keepalive_timeout`. HTTP/1
-    /// waits for the next request with `header_read_timeout` as well
-    /// (hyper's timer starts when it begins reading a head), so there the
-    /// shorter of the two applies. Also the HTTP/2 keep-alive ping interval
-    /// (a ping unanswered for 20 s closes the connection). `0`: never.
+    /// closed after this long: the wait for the next HTTP/1 request's
+    /// first byte or the next HTTP/2 stream. 75 s, nginx's
+    /// `keepalive_timeout`. Also the HTTP/2 keep-alive ping interval (a
+    /// ping unanswered for 20 s closes the connection). `0`: never.
     pub keepalive_timeout: Duration,
     /// `max_connections`: client connections served at once across all
     /// workers; more are closed on accept and counted in

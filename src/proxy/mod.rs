@@ -130,18 +130,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         // The place in `max_connections` lives as long as the socket, which
         // an upgrade hands on to its tunnel.
-        let stream = idle::ClientIo::new(stream, open);
+        let activity = idle::Activity::new();
+        let stream = idle::ClientIo::new(stream, activity.clone(), open);
         let proxy = proxy.clone();
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let peer = Peer::new(peer_addr.ip(), acceptor.is_some());
-            let activity = idle::Activity::new();
             let requests = activity.clone();
             // `map`, not an `async` wrapper: one level less of a request
             // future that is copied whole when it is created.
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let in_flight = requests.start();
+                let in_flight = requests.start(req.version());
                 pipeline::handle(proxy.clone(), peer.clone(), req)
                     .map(move |resp| Ok::<_, std::convert::Infallible>(resp.map(|b| Tracked::new(b, in_flight))))
             });
@@ -202,11 +202,12 @@ fn connection_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     // bodies cost a copy, which the kernel makes anyway).
     // `max_buf_size` bounds the whole HTTP/1 head (hyper answers 431 past
     // it); `Limits` keeps it at least hyper's minimum, below which hyper
-    // panics.
+    // panics. No `header_read_timeout` (nor a timer, its only use): hyper
+    // starts it as soon as it waits for the next head, so a keep-alive
+    // wait would end after it; `idle` times both the wait and the head.
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .writev(false)
         .max_buf_size(limits.max_header_list_bytes.max(MIN_HEADER_LIST_BYTES))
@@ -240,15 +241,15 @@ pub async fn serve_redirect(proxy: Arc<Proxy>, listener: TcpListener, https_port
             drop(stream);
             continue;
         };
-        let stream = idle::ClientIo::new(stream, open);
+        let activity = idle::Activity::new();
+        let stream = idle::ClientIo::new(stream, activity.clone(), open);
         let proxy = proxy.clone();
         tokio::spawn(async move {
             let peer = Peer::new(peer_addr.ip(), false);
-            let activity = idle::Activity::new();
             let requests = activity.clone();
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (proxy, peer) = (proxy.clone(), peer.clone());
-                let in_flight = requests.start();
+                let in_flight = requests.start(req.version());
                 async move {
                     let resp = if pipeline::served_over_plain_http(&proxy, &req) {
                         let resp = pipeline::handle(proxy, peer, req).await;
