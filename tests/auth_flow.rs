@@ -532,3 +532,124 @@ async fn two_tabs_signing_in_at_once_both_land() {
     assert_eq!(trace.final_status, 200, "the second tab:\n{}", trace.describe());
     assert_eq!(trace.final_url, env.url("api.example.com", "/two"), "{}", trace.describe());
 }
+
+/// Follows a browser's redirects from `url` (through the IdP's login with
+/// `credentials`): the final URL and status, and every `Set-Cookie`
+/// Postern sent on the way, with the URL that sent it.
+async fn walk(
+    env: &Env,
+    browser: &auth_env::Browser,
+    url: &str,
+    mut credentials: Option<(&str, &str)>,
+) -> (String, u16, Vec<(String, auth_env::SetCookie)>) {
+    let oauth_callback = env.url("authenticate.example.com", "/oauth2/callback");
+    let mut current = url.to_string();
+    let mut cookies = Vec::new();
+    for _ in 0..12 {
+        if env.idp.owns(&current) {
+            let trace =
+                idp::browse_until(&browser.client, &current, credentials.take(), &env.idp, Some(&oauth_callback)).await;
+            current = trace
+                .final_location()
+                .filter(|l| l.starts_with(&oauth_callback))
+                .unwrap_or_else(|| panic!("the IdP did not send the browser back:\n{}", trace.describe()))
+                .to_string();
+            continue;
+        }
+        let resp = browser.client.get(&current).send().await.expect("send");
+        cookies.extend(set_cookies(resp.headers()).into_iter().map(|c| (current.clone(), c)));
+        let status = resp.status().as_u16();
+        match location(&resp) {
+            Some(next) => {
+                current = reqwest::Url::parse(&current).and_then(|u| u.join(&next)).expect("location").to_string()
+            }
+            None => return (current, status, cookies),
+        }
+    }
+    panic!("too many redirects from {url}");
+}
+
+/// A `__Host-` cookie as browsers keep it: `Secure`, `Path=/`, no `Domain`.
+fn assert_host_prefix_rules(from: &str, cookie: &auth_env::SetCookie) {
+    assert!(cookie.name.starts_with("__Host-postern"), "{from}: {}", cookie.raw);
+    assert!(cookie.has("secure"), "{from}: Secure: {}", cookie.raw);
+    assert_eq!(cookie.attr("path"), Some("/"), "{from}: Path=/: {}", cookie.raw);
+    assert!(!cookie.has("domain"), "{from}: no Domain: {}", cookie.raw);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_prefixed_cookie_name_signs_in_and_out_with_every_cookie_host_only_secure_at_root() {
+    const NAME: &str = "__Host-postern";
+    let env = Env::start_with(TWO_HOSTS, &format!("cookie_name: {NAME}"), IdpOptions::default()).await;
+    let browser = env.browser();
+
+    // Sign-in on app: the login-CSRF cookie, the authenticate host's
+    // session and the route host's session all keep the prefix's rules.
+    let (url, status, cookies) =
+        walk(&env, &browser, &env.url("app.example.com", "/hello"), Some(("alice", "password"))).await;
+    assert_eq!((url.as_str(), status), (env.url("app.example.com", "/hello").as_str(), 200), "{cookies:#?}");
+    for (from, cookie) in &cookies {
+        assert_host_prefix_rules(from, cookie);
+    }
+    let set = |name: &str| cookies.iter().filter(|(_, c)| c.name == name && !c.clears()).count();
+    assert_eq!(set(NAME), 1, "the route host's session: {cookies:#?}");
+    assert_eq!(set(&format!("{NAME}_authenticate")), 1, "the authenticate host's session: {cookies:#?}");
+    let csrf: Vec<_> = cookies.iter().filter(|(_, c)| c.name.starts_with(&format!("{NAME}_csrf_"))).collect();
+    assert!(csrf.len() == 2 && csrf.iter().any(|(_, c)| c.clears()), "login-CSRF set, then cleared: {csrf:#?}");
+    let (from, session) = cookies.iter().find(|(_, c)| c.name == NAME).expect("session cookie");
+    assert!(from.starts_with(&env.url("app.example.com", "/.postern/callback")), "{from}");
+    assert!(session.has("httponly") && session.attr("samesite") == Some("Lax"), "{}", session.raw);
+    assert_eq!(browser.cookie(&env.url("app.example.com", "/"), NAME).as_deref(), Some(session.value.as_str()));
+    let seen = env.upstream.last();
+    assert_eq!(seen.target, "/hello");
+    let upstream_cookies = seen.headers.get("cookie").map(|c| c.to_str().unwrap_or("").to_string()).unwrap_or_default();
+    assert!(!upstream_cookies.contains(NAME), "the session cookie never reaches the upstream: {upstream_cookies}");
+
+    // A second host: the authenticate host reads its __Host- session back
+    // (no IdP page), and api gets its own host-only cookie.
+    let (url, status, cookies) = walk(&env, &browser, &env.url("api.example.com", "/v1"), None).await;
+    assert_eq!((url.as_str(), status), (env.url("api.example.com", "/v1").as_str(), 200), "{cookies:#?}");
+    for (from, cookie) in &cookies {
+        assert_host_prefix_rules(from, cookie);
+    }
+    assert!(cookies.iter().any(|(from, c)| c.name == NAME && from.contains("api.example.com")), "{cookies:#?}");
+    let resp = env
+        .client()
+        .get(env.url("api.example.com", "/v1/token"))
+        .header(ACCEPT, "application/json")
+        .header("cookie", format!("{NAME}={}", browser.cookie(&env.url("api.example.com", "/"), NAME).expect("api")))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(resp.status(), 200, "the session is read from the __Host- cookie");
+
+    // Sign-out clears both sessions under the same rules.
+    let resp = browser
+        .client
+        .get(env.url("app.example.com", "/.postern/user"))
+        .header(ACCEPT, "application/json")
+        .send()
+        .await
+        .expect("user");
+    let user: serde_json::Value = resp.json().await.expect("json");
+    let csrf_token = user["csrf_token"].as_str().expect("csrf_token").to_string();
+    let resp = browser
+        .client
+        .post(env.url("app.example.com", "/.postern/sign_out"))
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(idp::urlencode(&[("csrf_token".into(), csrf_token)]))
+        .send()
+        .await
+        .expect("sign-out");
+    assert_eq!(resp.status(), 302);
+    let cleared = set_cookies(resp.headers());
+    assert!(cleared.iter().any(|c| c.name == NAME && c.clears()), "{cleared:?}");
+    let next = location(&resp).expect("location");
+    let resp = browser.client.get(&next).send().await.expect("authenticate sign-out");
+    let cleared_there = set_cookies(resp.headers());
+    assert!(cleared_there.iter().any(|c| c.name == format!("{NAME}_authenticate") && c.clears()), "{cleared_there:?}");
+    for cookie in cleared.iter().chain(&cleared_there) {
+        assert_host_prefix_rules("sign-out", cookie);
+    }
+    assert_eq!(browser.cookie(&env.url("app.example.com", "/"), NAME), None, "no session cookie left");
+}

@@ -65,7 +65,7 @@ impl Postern {
         text.push_str(config);
         std::fs::write(&config_path, &text).expect("write config");
         let tls = !config.lines().any(|l| l.trim() == "insecure_server: true");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        let mut child = postern_command()
             .args(["--log-format", "json", "serve", "--config"])
             .arg(&config_path)
             .args(&options.extra_args)
@@ -396,4 +396,20 @@ pub fn run_cli_bounded(args: &[&str], cwd: &Path, timeout: Duration) -> (Option<
         std::thread::sleep(Duration::from_millis(20));
     };
     (code, reader.join().unwrap_or_default())
+}
+
+/// The Postern binary, or, with `POSTERN_TEST_WRAPPER` set (e.g.
+/// `heaptrack -o /tmp/postern` or `perf record -g -o /tmp/perf.data --`),
+/// the binary run under that command: for profiling a test or benchmark's
+/// Postern as it runs there. The pid is then the wrapper's.
+pub fn postern_command() -> Command {
+    match std::env::var("POSTERN_TEST_WRAPPER") {
+        Ok(wrapper) if !wrapper.trim().is_empty() => {
+            let mut words = wrapper.split_whitespace();
+            let mut command = Command::new(words.next().expect("a wrapper command"));
+            command.args(words).arg(env!("CARGO_BIN_EXE_postern"));
+            command
+        }
+        _ => Command::new(env!("CARGO_BIN_EXE_postern")),
+    }
 }
