@@ -98,6 +98,31 @@ async fn api_server_down_the_table_serves_and_changes_after_it_returns_apply() {
     check("API server stopped 30 s and restarted", &traffic.stop().await, 1000);
 }
 
+/// A controller that cannot reach its API server still stops on SIGTERM
+/// promptly (the Lease release and status writes are given up, not
+/// retried), and exits 0: a pod that hangs here is killed by the kubelet
+/// after its grace period and drops its in-flight requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_api_server_gone_exits_within_the_grace_period() {
+    let _turn = TURN.lock().await;
+    let plane = control_plane::shared();
+    let ns = plane.namespace("term").await;
+    let mut p = setup(plane, &ns);
+    wait_serving(&p, "steady.k8s.test", Duration::from_secs(20)).await;
+    p.wait_for_log("leadership changed", 0, Duration::from_secs(20));
+    tokio::task::spawn_blocking(|| control_plane::shared().stop_apiserver()).await.expect("stop");
+    // Let the watches and the Lease loop meet the dead server first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let signalled = Instant::now();
+    p.signal("TERM");
+    // Nothing is in flight, so nothing should wait out the 30 s grace.
+    let code = tokio::task::block_in_place(|| p.wait_exit(Duration::from_secs(15)));
+    let took = signalled.elapsed();
+    tokio::task::spawn_blocking(|| control_plane::shared().start_apiserver()).await.expect("start");
+    println!("exit after SIGTERM with the API server gone: {took:?}");
+    assert_eq!(code, Some(0), "exit code after {took:?}; log:\n{}", p.logs().join("\n"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_410_relists_without_dropping_a_route() {
     let _turn = TURN.lock().await;

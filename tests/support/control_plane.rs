@@ -233,7 +233,7 @@ impl ControlPlane {
         plane
     }
 
-    fn start_apiserver(&self) {
+    pub fn start_apiserver(&self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
