@@ -113,7 +113,7 @@ async fn main() {
 
     // Cold start.
     let started = Instant::now();
-    let p = support::Postern::start_with(
+    let mut p = support::Postern::start_with(
         &format!("metrics_address: 127.0.0.1:0\nkubernetes:\n  enabled: true\n  namespaces: [{ns}]\n"),
         support::Options {
             extra_args: vec!["--kubeconfig".into(), plane.kubeconfig.display().to_string()],
@@ -267,7 +267,11 @@ async fn main() {
         quiet_lat.len(),
         ms(percentile(&quiet_lat, 0.99)),
     );
-    println!("resident memory at the end: {:.1} MiB", p.rss_kib() as f64 / 1024.0);
+    println!(
+        "resident memory at the end: {:.1} MiB (peak {:.1} MiB)",
+        p.rss_kib() as f64 / 1024.0,
+        p.peak_rss_kib() as f64 / 1024.0
+    );
     // Where a rebuild's time goes (the controller's own accounting).
     let rounds: Vec<serde_json::Value> =
         support::log_events(&p).into_iter().filter(|e| e["message"] == "cluster routes rebuilt").collect();
@@ -280,4 +284,10 @@ async fn main() {
         mean("assemble_ms"),
         mean("publish_ms")
     );
+    // A clean exit, so a profiler's wrapper (POSTERN_TEST_WRAPPER) writes
+    // its whole output.
+    p.signal("TERM");
+    if p.wait_exit(Duration::from_secs(15)).is_none() {
+        println!("Postern did not exit within 15 s of SIGTERM");
+    }
 }
