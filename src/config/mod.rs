@@ -698,13 +698,15 @@ impl Loader {
             cookie_domain: raw.cookie_domain,
             cookie_http_only: raw.cookie_http_only,
             cors_allow_preflight: raw.cors_allow_preflight,
-            cors: raw.cors.map(|c| CorsSpec {
-                allow_origins: c.allow_origins,
-                allow_methods: c.allow_methods,
-                allow_headers: c.allow_headers,
-                expose_headers: c.expose_headers,
-                allow_credentials: c.allow_credentials,
-                max_age: c.max_age.map(|d| d.as_secs()),
+            cors: raw.cors.map(|c| {
+                Box::new(CorsSpec {
+                    allow_origins: c.allow_origins,
+                    allow_methods: c.allow_methods,
+                    allow_headers: c.allow_headers,
+                    expose_headers: c.expose_headers,
+                    allow_credentials: c.allow_credentials,
+                    max_age: c.max_age.map(|d| d.as_secs()),
+                })
             }),
         })
     }

@@ -244,8 +244,8 @@ pub struct RouteSpec {
     pub cookie_http_only: Option<bool>,
     /// CORS preflights reach the upstream without a session.
     pub cors_allow_preflight: bool,
-    /// Postern answers CORS for this route.
-    pub cors: Option<crate::cors::CorsSpec>,
+    /// Postern answers CORS for this route (boxed: most routes have none).
+    pub cors: Option<Box<crate::cors::CorsSpec>>,
 }
 
 /// A response Postern gives itself instead of forwarding.

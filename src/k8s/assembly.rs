@@ -107,7 +107,8 @@ impl Assembly {
             self.dirty.insert(host.to_string());
         }
         for host in new.into_iter().flat_map(Entry::hosts) {
-            let keys = self.on_host.entry(host.to_string()).or_default();
+            // Almost always the only object on its host.
+            let keys = self.on_host.entry(host.to_string()).or_insert_with(|| Vec::with_capacity(1));
             if !keys.contains(key) {
                 keys.push(key.clone());
             }

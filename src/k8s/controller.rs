@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use super::assembly::{Assembly, Entry};
 use super::backends::Backends;
+use super::compact::{self, Compact};
 use super::crd::Route;
 use super::leader::Election;
 use super::object::{Key, Kind, Subject};
@@ -66,8 +67,8 @@ const ALL_STREAMS: usize = 6;
 
 /// The caches of every namespace watched, per kind.
 struct Stores {
-    ingresses: Vec<Store<Ingress>>,
-    routes: Vec<Store<Route>>,
+    ingresses: Vec<Store<Compact<Ingress>>>,
+    routes: Vec<Store<Compact<Route>>>,
     classes: Store<IngressClass>,
     services: Vec<Store<Service>>,
     slices: Vec<Store<EndpointSlice>>,
@@ -320,23 +321,11 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let watch = watcher::watcher(api, config).default_backoff().modify(slim);
+    let watch = watcher::watcher(api, config).default_backoff().modify(compact::slim);
     let events = reflector::reflector(writer, watch);
     let tx = tx.clone();
     tokio::spawn(forward(events, tx, stream, change));
     reader
-}
-
-/// What the cache keeps of an object: managedFields and kubectl's
-/// last-applied copy are most of an object's size and never read here
-/// (kube-rs's optimization guide), so they are dropped, allocation and all,
-/// before the cache keeps the object.
-fn slim<K: Resource>(o: &mut K) {
-    let meta = o.meta_mut();
-    meta.managed_fields = None;
-    if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-    }
 }
 
 async fn forward<K, S>(events: S, tx: mpsc::UnboundedSender<Change>, stream: Stream_, change: fn(&K) -> Option<Change>)
@@ -414,23 +403,31 @@ fn reconcile(
     reports: &mut Vec<Report>,
 ) {
     let (kind, ns, name) = key;
+    // The cache holds what `Compact::new` wrote, so a failure to read it
+    // back is a bug: said loudly, and the object's last routes keep serving.
+    let unreadable = |e: &serde_json::Error| {
+        tracing::error!(k8s.object = %format!("{kind:?} {ns}/{name}"), error = %e, "cached object unreadable");
+    };
     let backends = Backends { services: &stores.services, slices: &stores.slices };
-    let (translated, created, generation, reference) = match kind {
+    let (mut translated, created, generation, reference) = match kind {
         Kind::Ingress => {
-            let Some(ing) = find(&stores.ingresses, ns, name)
-                .filter(|i| translate::ingress_is_ours(i, &settings.ingress_class, default_class))
+            let Ok(found) = cached(&stores.ingresses, ns, name).inspect_err(unreadable) else { return };
+            let Some(ing) = found.filter(|i| translate::ingress_is_ours(i, &settings.ingress_class, default_class))
             else {
                 assembly.remove(key);
                 return;
             };
+            let ing = Arc::new(ing);
             let t = translate::ingress(&ing, &settings.route_defaults, &backends);
             (t, ing.metadata.creation_timestamp.clone(), ing.metadata.generation, Subject::Ingress(ing))
         }
         Kind::Route => {
-            let Some(route) = find(&stores.routes, ns, name) else {
+            let Ok(found) = cached(&stores.routes, ns, name).inspect_err(unreadable) else { return };
+            let Some(route) = found else {
                 assembly.remove(key);
                 return;
             };
+            let route = Arc::new(route);
             let t = translate::route(&route, &settings.route_defaults, &backends);
             (t, route.metadata.creation_timestamp.clone(), route.metadata.generation, Subject::Route(route))
         }
@@ -445,6 +442,11 @@ fn reconcile(
             });
         }
     }
+    // Kept for the object's lifetime, 20,000 times over at scale: no spare
+    // capacity (a one-route Vec grown by push holds four).
+    translated.routes.shrink_to_fit();
+    translated.services.shrink_to_fit();
+    translated.tls.shrink_to_fit();
     let previous = assembly.get(key);
     // Dependencies always follow the latest version, so a fix to a Service
     // the new version needs is noticed.
@@ -471,6 +473,14 @@ fn reconcile(
     };
     assembly.put(key.clone(), entry);
     reports.push(report);
+}
+
+/// A cached object, parsed back.
+fn cached<K>(stores: &[Store<Compact<K>>], namespace: &str, name: &str) -> Result<Option<K>, serde_json::Error>
+where
+    K: Resource<DynamicType = ()> + serde::Serialize + serde::de::DeserializeOwned,
+{
+    find(stores, namespace, name).map(|c| c.object()).transpose()
 }
 
 /// The serving certificates of the Ingresses' `spec.tls` Secrets; a

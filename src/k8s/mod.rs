@@ -10,6 +10,7 @@
 pub(crate) mod annotations;
 mod assembly;
 mod backends;
+mod compact;
 mod controller;
 pub mod crd;
 mod leader;

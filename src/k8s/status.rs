@@ -36,8 +36,9 @@ pub(crate) struct StatusWriter {
     client: Client,
     recorder: Recorder,
     publish: Option<Publish>,
-    /// What was last said about each object, to say it once.
-    said: Arc<Mutex<HashMap<Key, String>>>,
+    /// What was last said about each object (a hash of it: this map holds
+    /// an entry per object), to say it once.
+    said: Arc<Mutex<HashMap<Key, u64>>>,
 }
 
 impl StatusWriter {
@@ -73,15 +74,14 @@ impl StatusWriter {
                     Subject::Ingress(i) => (Kind::Ingress, i.namespace().unwrap_or_default(), i.name_any()),
                     Subject::Route(o) => (Kind::Route, o.namespace().unwrap_or_default(), o.name_any()),
                 };
-                let summary = format!(
-                    "{:?}|{}|{}|{:?}|{:?}|{:?}",
+                let summary = said_hash(&(
                     r.generation,
                     messages(&r.problems),
                     r.serving,
-                    r.to,
-                    r.ignored,
-                    address
-                );
+                    &r.to,
+                    &r.ignored,
+                    address.as_ref().map(ToString::to_string),
+                ));
                 if said.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&summary) {
                     continue;
                 }
@@ -93,6 +93,7 @@ impl StatusWriter {
             }
             for c in conflicts {
                 let note = c.note();
+                let said_note = said_hash(&note);
                 // One remembered note per host and path, so an object that
                 // loses two rules does not alternate between them.
                 let key = (
@@ -100,28 +101,36 @@ impl StatusWriter {
                     c.loser.1.clone(),
                     format!("{}#conflict {} {}", c.loser.2, c.host, c.path.as_deref().unwrap_or("*")),
                 );
-                if said.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&note) {
+                if said.lock().unwrap_or_else(|p| p.into_inner()).get(&key) == Some(&said_note) {
                     continue;
                 }
                 let reference = reference_of(&client, &c.loser).await;
                 if let Some(reference) = reference {
                     let _ = event(&recorder, &reference, EventType::Warning, "HostConflict", &note).await;
                 }
-                said.lock().unwrap_or_else(|p| p.into_inner()).insert(key, note);
+                said.lock().unwrap_or_else(|p| p.into_inner()).insert(key, said_note);
             }
             for (key, problem) in tls {
                 let note = problem.to_string();
+                let said_note = said_hash(&note);
                 let said_key = (key.0, key.1.clone(), format!("{}#tls", key.2));
-                if said.lock().unwrap_or_else(|p| p.into_inner()).get(&said_key) == Some(&note) {
+                if said.lock().unwrap_or_else(|p| p.into_inner()).get(&said_key) == Some(&said_note) {
                     continue;
                 }
                 if let Some(reference) = reference_of(&client, &key).await {
                     let _ = event(&recorder, &reference, EventType::Warning, "BadTLSSecret", &note).await;
                 }
-                said.lock().unwrap_or_else(|p| p.into_inner()).insert(said_key, note);
+                said.lock().unwrap_or_else(|p| p.into_inner()).insert(said_key, said_note);
             }
         });
     }
+}
+
+/// What [`StatusWriter`] remembers of a message. A collision would only
+/// skip one rewrite of an unchanged-looking status, at odds of 2^-64.
+fn said_hash(what: &impl std::hash::Hash) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(what)
 }
 
 fn messages(problems: &[Problem]) -> String {

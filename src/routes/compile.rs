@@ -139,7 +139,7 @@ pub(super) fn compile_route(settings: &Settings, spec: RouteSpec) -> Result<Rout
     })
     .map_err(|e| Problem::new(origin, Some(&e.path), e.message))?;
     let cors = match &spec.cors {
-        Some(c) => Some(CorsPolicy::compile(c).map_err(|e| bad(&format!("cors.{}", e.field), e.message))?),
+        Some(c) => Some(Box::new(CorsPolicy::compile(c).map_err(|e| bad(&format!("cors.{}", e.field), e.message))?)),
         None => None,
     };
     if let Some(domain) = &spec.cookie_domain {

@@ -44,8 +44,9 @@ pub struct Route {
     pub cookie: CookieAttrs,
     /// Preflights skip sign-in and policy (and go to the upstream).
     pub cors_allow_preflight: bool,
-    /// Postern's own CORS answers for this route.
-    pub(crate) cors: Option<CorsPolicy>,
+    /// Postern's own CORS answers for this route (boxed: most routes have
+    /// none, and a table holds one `Route` per route of the cluster).
+    pub(crate) cors: Option<Box<CorsPolicy>>,
 }
 
 /// The `from` URL: which requests this route is for.
