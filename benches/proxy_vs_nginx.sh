@@ -24,8 +24,12 @@
 #     hyper has no per-connection request limit by default); nginx keeps 64
 #     idle upstream connections (= wrk connections).
 #   * HTTP/1.1 only: nginx's TLS listener has http2 off; wrk speaks HTTP/1.1.
-#   * No access logging: nginx `access_log off`, Postern at log level warn
-#     (it logs one access line per request at info).
+#   * Access logging: off by default (nginx `access_log off`, Postern at log
+#     level warn; it logs one access line per request at info). ACCESS_LOG=on
+#     runs both with their defaults instead: nginx `access_log` to a file in
+#     its `combined` format, Postern at log level info with stderr to a file;
+#     ACCESS_LOG=both runs every target both ways (`-log` targets) in the
+#     same interleaved rounds and adds log-on / log-off ratios.
 #   * Same request rewrite: Postern always sets X-Forwarded-For, -Proto and
 #     -Host for the upstream (reverse proxies in front of apps are expected
 #     to, and ingress-nginx does by default), so nginx is configured to set
@@ -60,6 +64,7 @@
 #   THREADS  [2]     wrk -t;  CONNECTIONS [64]  wrk -c
 #   PROXY_CPU [0], LOAD_CPU [1], PIN [1]  CPU pinning (see above)
 #   KEEP_TMP [0]     keep the temp dir (configs, logs, raw wrk output)
+#   ACCESS_LOG [off] off, on or both (see "Access logging" above)
 #
 # Output
 #   Machine, versions, background CPU load before the runs, negotiated TLS,
@@ -86,6 +91,13 @@ LOAD_CPU="${LOAD_CPU:-1}"
 PIN="${PIN:-1}"
 SKIP_POSTERN="${SKIP_POSTERN:-0}"
 KEEP_TMP="${KEEP_TMP:-0}"
+ACCESS_LOG="${ACCESS_LOG:-off}"
+case "$ACCESS_LOG" in
+    off) LOG_SUFFIXES=("") ;;
+    on) LOG_SUFFIXES=("-log") ;;
+    both) LOG_SUFFIXES=("" "-log") ;;
+    *) echo "ACCESS_LOG must be off, on or both, not '$ACCESS_LOG'" >&2; exit 1 ;;
+esac
 BENCH_HOST="bench.localhost"
 READY_TIMEOUT=30
 
@@ -239,6 +251,10 @@ free_port NGX_HTTP_PORT
 free_port NGX_HTTPS_PORT
 free_port PST_HTTP_PORT
 free_port PST_HTTPS_PORT
+free_port NGX_HTTP_LOG_PORT
+free_port NGX_HTTPS_LOG_PORT
+free_port PST_HTTP_LOG_PORT
+free_port PST_HTTPS_LOG_PORT
 
 # ------------------------------------------------------------ nginx confs ---
 # Temp paths inside $TMP for every module compiled in (so no /var/lib access).
@@ -300,10 +316,12 @@ $(nginx_temp_paths "$TMP/nginx")
     # Only $BENCH_HOST is served, like Postern's single route.
     server {
         listen 127.0.0.1:$NGX_HTTP_PORT default_server;
+        listen 127.0.0.1:$NGX_HTTP_LOG_PORT default_server;
         return 404;
     }
     server {
         listen 127.0.0.1:$NGX_HTTPS_PORT ssl default_server;
+        listen 127.0.0.1:$NGX_HTTPS_LOG_PORT ssl default_server;
         ssl_reject_handshake on;
     }
 
@@ -311,6 +329,24 @@ $(nginx_temp_paths "$TMP/nginx")
         listen 127.0.0.1:$NGX_HTTP_PORT;
         listen 127.0.0.1:$NGX_HTTPS_PORT ssl;   # no http2
         server_name $BENCH_HOST;
+        ssl_certificate     $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # What Postern always sends upstream (see "Parity choices").
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+        }
+    }
+    server {
+        listen 127.0.0.1:$NGX_HTTP_LOG_PORT;
+        listen 127.0.0.1:$NGX_HTTPS_LOG_PORT ssl;   # no http2
+        server_name $BENCH_HOST;
+        # nginx's default: every request, combined format, to a file.
+        access_log $TMP/nginx.access.log combined;
         ssl_certificate     $TMP/cert.pem;
         ssl_certificate_key $TMP/key.pem;
         location / {
@@ -364,10 +400,13 @@ EOF
     } >"$1"
 }
 
-start_postern() { # $1 = name, $2 = scheme, $3 = port
+start_postern() { # $1 = name, $2 = scheme, $3 = port; a name ending in -log logs access
+    local level=warn
+    [[ "$1" == *-log ]] && level=info
     write_postern_conf "$TMP/$1.yaml" "$2" "$3"
-    start_bg "$1" env RUST_LOG=warn "${PROXY_PIN[@]}" "$POSTERN" serve \
-        --config "$TMP/$1.yaml" --log-level warn
+    # Its stderr (the access log at info) goes to $TMP/$1.out.
+    start_bg "$1" env -u RUST_LOG "${PROXY_PIN[@]}" "$POSTERN" serve \
+        --config "$TMP/$1.yaml" --log-level "$level"
 }
 
 # Wait until URL answers "ok" through curl; bounded. $1 = label, $2 = pid,
@@ -397,30 +436,32 @@ wait_ready upstream "$UP_PID" http "$UP_PORT" "$TMP/upstream.error.log"
 
 start_nginx nginx proxy
 NGX_PID="${PIDS[-1]}"
-wait_ready nginx-http "$NGX_PID" http "$NGX_HTTP_PORT" "$TMP/nginx.error.log"
-wait_ready nginx-https "$NGX_PID" https "$NGX_HTTPS_PORT" "$TMP/nginx.error.log"
+declare -A TARGET_PORT=(
+    [nginx-http]="$NGX_HTTP_PORT" [nginx-https]="$NGX_HTTPS_PORT"
+    [postern-http]="$PST_HTTP_PORT" [postern-https]="$PST_HTTPS_PORT"
+    [nginx-http-log]="$NGX_HTTP_LOG_PORT" [nginx-https-log]="$NGX_HTTPS_LOG_PORT"
+    [postern-http-log]="$PST_HTTP_LOG_PORT" [postern-https-log]="$PST_HTTPS_LOG_PORT"
+)
+TARGETS=()
+declare -A PROXY_PID=()
+for proto in http https; do
+    for sfx in "${LOG_SUFFIXES[@]}"; do
+        t="nginx-$proto$sfx"
+        wait_ready "$t" "$NGX_PID" "$proto" "${TARGET_PORT[$t]}" "$TMP/nginx.error.log"
+        PROXY_PID[$t]="$NGX_PID"
+        TARGETS+=("$t")
+        [[ "$SKIP_POSTERN" == 1 ]] && continue
+        t="postern-$proto$sfx"
+        start_postern "$t" "$proto" "${TARGET_PORT[$t]}"
+        PROXY_PID[$t]="${PIDS[-1]}"
+        wait_ready "$t" "${PIDS[-1]}" "$proto" "${TARGET_PORT[$t]}" "$TMP/$t.out"
+        TARGETS+=("$t")
+    done
+done
 
-TARGETS=(nginx-http)
-declare -A PROXY_PID=([nginx-http]="$NGX_PID" [nginx-https]="$NGX_PID")
-if [[ "$SKIP_POSTERN" != 1 ]]; then
-    start_postern postern-http http "$PST_HTTP_PORT"
-    PROXY_PID[postern-http]="${PIDS[-1]}"
-    wait_ready postern-http "${PIDS[-1]}" http "$PST_HTTP_PORT" "$TMP/postern-http.out"
-    start_postern postern-https https "$PST_HTTPS_PORT"
-    PROXY_PID[postern-https]="${PIDS[-1]}"
-    wait_ready postern-https "${PIDS[-1]}" https "$PST_HTTPS_PORT" "$TMP/postern-https.out"
-    TARGETS+=(postern-http nginx-https postern-https)
-else
-    TARGETS+=(nginx-https)
-fi
-
-target_url() {
-    case "$1" in
-        nginx-http) echo "http://$BENCH_HOST:$NGX_HTTP_PORT/" ;;
-        nginx-https) echo "https://$BENCH_HOST:$NGX_HTTPS_PORT/" ;;
-        postern-http) echo "http://$BENCH_HOST:$PST_HTTP_PORT/" ;;
-        postern-https) echo "https://$BENCH_HOST:$PST_HTTPS_PORT/" ;;
-    esac
+target_url() { # $1 = target, e.g. postern-https-log
+    local proto="${1#*-}"
+    echo "${proto%-log}://$BENCH_HOST:${TARGET_PORT[$1]}/"
 }
 
 # ---------------------------------------------------------------- machine ---
@@ -593,15 +634,34 @@ if [[ "$SKIP_POSTERN" != 1 ]]; then
     echo "Postern / nginx  (throughput: higher is better; p99, CPU/req: lower is better)"
     echo "(throughput: ratio of the medians; all rounds: of the requests served in all rounds,"
     echo " which every target ran for the same time)"
-    for proto in http https; do
-        awk -v p="$proto" -v pr="${RPS[postern-$proto]}" -v nr="${RPS[nginx-$proto]}" \
-            -v p9="${P99[postern-$proto]}" -v n9="${P99[nginx-$proto]}" \
-            -v pc="${CPU_US[postern-$proto]}" -v nc="${CPU_US[nginx-$proto]}" \
-            -v pq="${REQS[postern-$proto]}" -v nq="${REQS[nginx-$proto]}" 'BEGIN {
-            printf "%-6s throughput %6.2fx (all rounds %.2fx)   p99 %6.2fx   CPU/req %6.2fx\n", p,
+    compare() { # $1 = label, $2 = target a, $3 = target b: a / b
+        awk -v p="$1" -v pr="${RPS[$2]}" -v nr="${RPS[$3]}" \
+            -v p9="${P99[$2]}" -v n9="${P99[$3]}" \
+            -v pc="${CPU_US[$2]}" -v nc="${CPU_US[$3]}" \
+            -v pq="${REQS[$2]}" -v nq="${REQS[$3]}" 'BEGIN {
+            printf "%-10s throughput %6.2fx (all rounds %.2fx)   p99 %6.2fx   CPU/req %6.2fx\n", p,
                 (nr > 0 ? pr / nr : 0), (nq > 0 ? pq / nq : 0), (n9 > 0 ? p9 / n9 : 0), (nc > 0 ? pc / nc : 0)
         }'
+    }
+    for proto in http https; do
+        for sfx in "${LOG_SUFFIXES[@]}"; do
+            compare "$proto$sfx" "postern-$proto$sfx" "nginx-$proto$sfx"
+        done
     done
+    if [[ "$ACCESS_LOG" == both ]]; then
+        echo
+        echo "Access log on / off, same proxy (goal for Postern: throughput >= 0.95x)"
+        for proxy in postern nginx; do
+            for proto in http https; do
+                compare "$proxy-$proto" "$proxy-$proto-log" "$proxy-$proto"
+            done
+        done
+        # The lines really were written (not dropped or filtered).
+        for t in postern-http-log postern-https-log; do
+            echo "$t: $(grep -c 'postern::access' "$TMP/$t.out" || true) access log lines on stderr"
+        done
+        echo "nginx: $(wc -l <"$TMP/nginx.access.log") access log lines"
+    fi
 fi
 
 bad=0

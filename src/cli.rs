@@ -104,7 +104,8 @@ pub fn main() -> ExitCode {
                 enable: kubernetes,
                 client: crate::k8s::ClientOptions { kubeconfig: cluster.kubeconfig, context: cluster.context },
             };
-            telemetry::init_logging(cli.log_format, &cli.log_level);
+            // Held to the end: dropping it writes out the queued access log.
+            let _logs = telemetry::init_logging(cli.log_format, &cli.log_level);
             // Control work only (reload, metrics, signals); requests run on
             // the per-core workers that `serve` starts.
             let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

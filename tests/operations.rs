@@ -452,6 +452,43 @@ async fn access_log_has_one_line_per_request_with_its_fields() {
     assert_eq!(miss["upstream"], "", "{miss}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_is_written_out_at_exit_counts_drops_and_turns_off_alone() {
+    let a = Upstream::start("a").await;
+    let config = format!(
+        "metrics_address: 127.0.0.1:0\nroutes:\n  - from: https://app.example.com\n    to: {}\n    allow_public_unauthenticated_access: true\n",
+        a.url()
+    );
+    let mut p = Postern::start(&config);
+    let metrics = scrape(&p).await;
+    assert_eq!(metric(&metrics, "postern_access_log_lines_dropped_total", &[]), Some(0.0), "{metrics}");
+    // The lines are queued for a writer thread; the ones still queued when
+    // SIGTERM comes are written before the process exits.
+    let client = p.client();
+    for i in 0..50 {
+        assert_eq!(status_of(&client, p.url("app.example.com", &format!("/n{i}"))).await, 200);
+    }
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(15)), Some(0));
+    // The pipe's reader thread may still be catching up.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events_named(&p, 0, "request").len() < 50 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines = events_named(&p, 0, "request");
+    assert_eq!(lines.len(), 50, "every request's line is on stderr after exit: {lines:#?}");
+    assert!(lines.iter().all(|l| l["target"] == "postern::access"), "{lines:#?}");
+
+    // `postern::access=off` silences the access log and nothing else.
+    let options =
+        support::Options { env: vec![("RUST_LOG".into(), "info,postern::access=off".into())], ..Default::default() };
+    let quiet = Postern::start_with(&config, options);
+    assert_eq!(status_of(&quiet.client(), quiet.url("app.example.com", "/")).await, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(events_named(&quiet, 0, "request").is_empty(), "{:#?}", quiet.logs());
+    assert!(!quiet.logs().is_empty(), "the other info lines stay");
+}
+
 // ---------------------------------------------------------------------------
 // 8. A bad route is left out; the rest serve
 

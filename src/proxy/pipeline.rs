@@ -398,10 +398,12 @@ fn finish(proxy: &Proxy, mut ctx: RequestCtx, mut resp: Response<ProxyBody>) -> 
         let name = ctx.route.as_ref().map_or(&*NO_ROUTE, |r| &r.name);
         metrics.observe_request(name, status, elapsed);
         let route = name.as_str();
-        tracing::info!(
-            http.method = %ctx.method,
-            http.host = %ctx.host,
-            http.path = %ctx.path,
+        tracing::event!(
+            target: crate::telemetry::ACCESS_LOG,
+            tracing::Level::INFO,
+            http.method = ctx.method.as_str(),
+            http.host = ctx.host.as_str(),
+            http.path = ctx.path.as_str(),
             http.status = status,
             route.name = route,
             upstream = ctx.upstream.as_deref().unwrap_or(""),

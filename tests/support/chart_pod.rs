@@ -54,6 +54,7 @@ impl ChartPod {
         crate::support::Options {
             extra_args: vec!["--kubeconfig".into(), self.kubeconfig.display().to_string()],
             files: self.files.clone(),
+            ..Default::default()
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct Options {
     pub extra_args: Vec<String>,
     /// Files written next to the config before start (name, contents).
     pub files: Vec<(String, Vec<u8>)>,
+    /// Environment variables set for the process (after the default
+    /// `RUST_LOG`, so they may replace it).
+    pub env: Vec<(String, String)>,
 }
 
 impl Postern {
@@ -70,6 +73,7 @@ impl Postern {
             .arg(&config_path)
             .args(&options.extra_args)
             .env("RUST_LOG", "info,postern=debug")
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

@@ -33,15 +33,78 @@ pub enum LogFormat {
     Json,
 }
 
+/// Target of the access log's events: `RUST_LOG=info,postern::access=off`
+/// turns the access log off and keeps the rest.
+pub(crate) const ACCESS_LOG: &str = "postern::access";
+
+mod access_log;
+
+/// The installed access log, for its count of dropped lines.
+static ACCESS_LOG_INSTALLED: std::sync::OnceLock<access_log::AccessLog> = std::sync::OnceLock::new();
+
+/// Keeps the access log's writer thread; dropping it writes out what is
+/// pending. Held by `main` until the process exits.
+#[must_use = "dropping the guard stops the access log writer"]
+pub struct LogGuard {
+    _writer: Option<access_log::Writer>,
+}
+
 /// Installs the global subscriber. `RUST_LOG` overrides `level`.
-pub fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init(),
-    };
+///
+/// The access log (one line per request, target [`ACCESS_LOG`]) is
+/// formatted on the worker and written in batches by a thread of its own
+/// (`access_log`). Everything else is rare and written at once, so an
+/// error is on stderr before the process can die of it.
+pub fn init_logging(format: LogFormat, level: &str) -> LogGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{EnvFilter, Layer, filter::filter_fn};
+
+    let level_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (access_log, writer) = access_log::AccessLog::start(format);
+    let events =
+        fmt_layer(format).with_filter(level_filter()).with_filter(filter_fn(|meta| meta.target() != ACCESS_LOG));
+    let access =
+        access_log.clone().with_filter(level_filter()).with_filter(filter_fn(|meta| meta.target() == ACCESS_LOG));
+    match tracing_subscriber::registry().with(events).with(access).try_init() {
+        Ok(()) => {
+            let _ = ACCESS_LOG_INSTALLED.set(access_log);
+            LogGuard { _writer: writer }
+        }
+        // Already installed (tests): the first one stays.
+        Err(_) => LogGuard { _writer: None },
+    }
+}
+
+fn fmt_layer<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => layer.json().flatten_event(true).boxed(),
+        LogFormat::Text => layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).boxed(),
+    }
+}
+
+/// `postern_access_log_lines_dropped_total`, read at each scrape.
+#[derive(Debug)]
+struct AccessLogDropped;
+
+impl prometheus_client::collector::Collector for AccessLogDropped {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        let dropped = ACCESS_LOG_INSTALLED.get().map_or(0, |log| log.dropped());
+        let counter = prometheus_client::metrics::counter::ConstCounter::new(dropped);
+        let metric = encoder.encode_descriptor(
+            "access_log_lines_dropped",
+            "Access log lines dropped because stderr fell behind (4 MiB of lines wait at most)",
+            None,
+            counter.metric_type(),
+        )?;
+        counter.encode(metric)
+    }
 }
 
 /// Route names are shared (`Arc`), so labelling a request costs a
@@ -143,6 +206,7 @@ impl Metrics {
             "Client connections closed on accept because max_connections were open",
             connections_refused.clone(),
         );
+        registry.register_collector(Box::new(AccessLogDropped));
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Metrics {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
