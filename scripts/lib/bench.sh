@@ -1,14 +1,16 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034  # variables set here are read by the sourcing script
-# Shared by benches/h2_vs_nginx.sh and benches/many_connections.sh (the same
-# structure as benches/proxy_vs_nginx.sh, which predates this file and keeps
-# its own copy). Sourced after the sourcing script has set:
+# Shared by benches/h2_vs_nginx.sh, benches/many_connections.sh and
+# benches/signed_in_vs_oauth2_proxy.sh (the same structure as
+# benches/proxy_vs_nginx.sh, which predates this file and keeps its own
+# copy). Sourced after the sourcing script has set:
 #   BENCH_TAG   prefix of log lines, e.g. "h2-bench"
 #   REPO_ROOT   repository root
 #   KEEP_TMP    1 keeps the temp dir
+#   KEEP_TMP_ON_ERROR  1 keeps it when the script exits with status 1 (optional)
 # It defines log/die, the cleanup trap (PIDS, TMP), dependency install,
 # pinning, the Postern binary, the certificate, nginx config pieces, process
-# start and readiness, CPU/RSS accounting and medians.
+# start and readiness, wrk helpers, CPU/RSS accounting and medians.
 #
 # Everything listens on 127.0.0.1; every process appended to PIDS is stopped
 # on exit (also on failure or Ctrl-C); every wait is bounded.
@@ -62,7 +64,7 @@ bench_cleanup() {
         kill -KILL "$pid" 2>/dev/null || true
     done
     if [[ -n "$TMP" && -d "$TMP" ]]; then
-        if [[ "${KEEP_TMP:-0}" == 1 ]]; then
+        if [[ "${KEEP_TMP:-0}" == 1 || ("${KEEP_TMP_ON_ERROR:-0}" == 1 && "$rc" == 1) ]]; then
             log "kept temp dir: $TMP"
         else
             rm -rf -- "$TMP"
@@ -184,15 +186,19 @@ find_postern() {
 }
 
 # --------------------------------------------------------------- temp dir ---
-# Creates TMP and a self-signed ECDSA P-256 certificate for BENCH_HOST in it.
+# Creates TMP and a self-signed ECDSA P-256 certificate for BENCH_HOST in it
+# (CERT_EXTRA_NAMES, optional: more DNS names for its subjectAltName,
+# space-separated).
 make_tmp_and_cert() {
+    local san="DNS:$BENCH_HOST" name
+    for name in ${CERT_EXTRA_NAMES:-}; do san+=",DNS:$name"; done
     TMP="$(mktemp -d "${TMPDIR:-/tmp}/postern-$BENCH_TAG.XXXXXX")"
     # nginx workers may run as an unprivileged user when started as root; let
     # them traverse the dir (the key file stays 0600, the master reads it).
     chmod 755 "$TMP"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
         -keyout "$TMP/key.pem" -out "$TMP/cert.pem" -days 2 \
-        -subj "/CN=$BENCH_HOST" -addext "subjectAltName=DNS:$BENCH_HOST" \
+        -subj "/CN=$BENCH_HOST" -addext "subjectAltName=$san" \
         >"$TMP/openssl.log" 2>&1 || { cat "$TMP/openssl.log" >&2; die "openssl req failed"; }
     chmod 600 "$TMP/key.pem"
 }
@@ -232,7 +238,8 @@ EOF
 
 # The upstream: one nginx answering "ok" on every path, HTTP/1.1 keep-alive,
 # and /__forwarded with the X-Forwarded-* headers it received (parity check).
-write_upstream_conf() { # $1 = port, $2 = worker_connections
+# $3 (optional): more lines for its server block, e.g. locations.
+write_upstream_conf() { # $1 = port, $2 = worker_connections, $3 = extra
     mkdir -p "$TMP/upstream"
     {
         nginx_main_common upstream "${2:-8192}" "$((${2:-8192} * 2 + 1024))"
@@ -249,6 +256,7 @@ $(nginx_temp_paths "$TMP/upstream")
         location = /__forwarded {
             return 200 "for=\$http_x_forwarded_for proto=\$http_x_forwarded_proto host=\$http_x_forwarded_host";
         }
+${3:-}
     }
 }
 EOF
@@ -307,6 +315,26 @@ wait_ready() {
     done
     tail -n 30 "$logf" >&2 2>/dev/null || true
     die "$label did not answer 'ok' on $scheme://$BENCH_HOST:$port/ within ${READY_TIMEOUT}s (last body: '$body'; log: $logf)"
+}
+
+# Waits until `curl URL` answers HTTP status $4; bounded. $1 = label,
+# $2 = pid, $3 = port (BENCH_HOST resolves to 127.0.0.1 on it), $5 = URL,
+# $6 = log file to show on failure.
+wait_status() {
+    local label="$1" pid="$2" port="$3" want="$4" url="$5" logf="$6" got="" deadline
+    deadline=$((SECONDS + READY_TIMEOUT))
+    while ((SECONDS < deadline)); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            tail -n 30 "$logf" >&2 2>/dev/null || true
+            die "$label exited before becoming ready (log above: $logf)"
+        fi
+        got="$(curl -sk --max-time 2 --resolve "$BENCH_HOST:$port:127.0.0.1" \
+            -o /dev/null -w '%{http_code}' "$url" 2>/dev/null || true)"
+        [[ "$got" == "$want" ]] && return 0
+        sleep 0.2
+    done
+    tail -n 30 "$logf" >&2 2>/dev/null || true
+    die "$label did not answer $want on $url within ${READY_TIMEOUT}s (last: '$got'; log: $logf)"
 }
 
 tls_info() { # $1 = port, $2 = ALPN list -> "TLSv1.3 TLS_AES_256_GCM_SHA384 ALPN h2"
@@ -368,6 +396,44 @@ cpu_model() {
     m="$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo 2>/dev/null || true)"
     [[ -n "$m" ]] || m="$(lscpu 2>/dev/null | awk -F': *' '/Model name/ {print $2; exit}' || true)"
     echo "${m:-unknown CPU}"
+}
+
+# ------------------------------------------------------------------ wrk ---
+# $TMP/loopback.lua: wrk keeps the URL's host (SNI and Host) but connects to
+# 127.0.0.1 (no name resolution, no /etc/hosts). No request/response hooks,
+# so wrk keeps its static (fast) request path.
+write_wrk_loopback_lua() {
+    cat >"$TMP/loopback.lua" <<'LUA'
+local resolve = wrk.resolve
+wrk.resolve = function(host, service)
+   resolve("127.0.0.1", service)
+end
+LUA
+}
+# wrk time values ("812.00us", "1.23ms", "2.01s", "1.00m") -> milliseconds.
+wrk_ms() {
+    awk -v v="$1" 'BEGIN {
+        if (match(v, /^[0-9.]+/) == 0) { print "NaN"; exit }
+        n = substr(v, 1, RLENGTH); u = substr(v, RLENGTH + 1)
+        if (u == "us") f = 0.001; else if (u == "ms") f = 1;
+        else if (u == "s") f = 1000; else if (u == "m") f = 60000;
+        else if (u == "h") f = 3600000; else { print "NaN"; exit }
+        printf "%.3f", n * f
+    }'
+}
+# One wrk --latency output -> "rps p50_ms p99_ms non2xx socket_errors requests"
+# (non2xx: non-2xx/3xx responses; socket errors: connect+read+write+timeout).
+wrk_parse() {
+    local f="$1" rps p50 p99 bad sock reqs
+    rps="$(awk '/^Requests\/sec:/ {print $2}' "$f")"
+    p50="$(awk '$1 == "50%" {print $2}' "$f")"
+    p99="$(awk '$1 == "99%" {print $2}' "$f")"
+    reqs="$(awk '/requests in/ {print $1}' "$f")"
+    bad="$(awk '/Non-2xx or 3xx responses:/ {e += $NF} END {print e + 0}' "$f")"
+    sock="$(awk '/Socket errors:/ {gsub(",", ""); e += $4 + $6 + $8 + $10} END {print e + 0}' "$f")"
+    [[ -n "$rps" && -n "$p50" && -n "$p99" && -n "$reqs" ]] ||
+        { cat "$f" >&2; die "could not parse wrk output $f"; }
+    echo "$rps $(wrk_ms "$p50") $(wrk_ms "$p99") $bad $sock $reqs"
 }
 
 # ---------------------------------------------------------------- stats ---
