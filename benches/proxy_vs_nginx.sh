@@ -277,6 +277,31 @@ events { worker_connections 8192; }
 EOF
 }
 
+# The proxying server for $BENCH_HOST on an HTTP and an HTTPS port; $3 is
+# its access_log directive (nginx's default: every request, `combined`, to
+# a file).
+bench_server() { # $1 = http port, $2 = https port, $3 = access_log directive
+    cat <<EOF
+    server {
+        listen 127.0.0.1:$1;
+        listen 127.0.0.1:$2 ssl;   # no http2
+        server_name $BENCH_HOST;
+        $3
+        ssl_certificate     $TMP/cert.pem;
+        ssl_certificate_key $TMP/key.pem;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            # What Postern always sends upstream (see "Parity choices").
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+        }
+    }
+EOF
+}
+
 mkdir -p "$TMP/upstream" "$TMP/nginx"
 {
     nginx_main_common upstream
@@ -325,40 +350,8 @@ $(nginx_temp_paths "$TMP/nginx")
         ssl_reject_handshake on;
     }
 
-    server {
-        listen 127.0.0.1:$NGX_HTTP_PORT;
-        listen 127.0.0.1:$NGX_HTTPS_PORT ssl;   # no http2
-        server_name $BENCH_HOST;
-        ssl_certificate     $TMP/cert.pem;
-        ssl_certificate_key $TMP/key.pem;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # What Postern always sends upstream (see "Parity choices").
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-        }
-    }
-    server {
-        listen 127.0.0.1:$NGX_HTTP_LOG_PORT;
-        listen 127.0.0.1:$NGX_HTTPS_LOG_PORT ssl;   # no http2
-        server_name $BENCH_HOST;
-        # nginx's default: every request, combined format, to a file.
-        access_log $TMP/nginx.access.log combined;
-        ssl_certificate     $TMP/cert.pem;
-        ssl_certificate_key $TMP/key.pem;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            # What Postern always sends upstream (see "Parity choices").
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-        }
-    }
+$(bench_server "$NGX_HTTP_PORT" "$NGX_HTTPS_PORT" "access_log off;")
+$(bench_server "$NGX_HTTP_LOG_PORT" "$NGX_HTTPS_LOG_PORT" "access_log $TMP/nginx.access.log combined;")
 }
 EOF
 } >"$TMP/nginx.conf"
