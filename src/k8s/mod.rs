@@ -84,6 +84,8 @@ pub enum Error {
     Config(String),
     #[error("cannot build the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    #[error("cannot start the controller's thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// How to reach the cluster: `kubeconfig` and `context` if given, else the
@@ -109,6 +111,81 @@ pub async fn client(options: &ClientOptions) -> Result<kube::Client, Error> {
         None => kube::Config::infer().await.map_err(|e| Error::Config(e.to_string()))?,
     };
     kube::Client::try_from(config).map_err(Error::Client)
+}
+
+/// How much less CPU the controller's thread gets than the proxy's workers
+/// when they compete (a nice value: 5 is about a third of a worker's share).
+/// On a busy node a burst of object changes then waits for requests, not
+/// the other way round; when the workers are idle the controller runs at
+/// full speed.
+const CONTROLLER_NICE: i32 = 5;
+
+/// The running controller thread (see [`spawn`]).
+pub struct ControllerThread {
+    finished: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl ControllerThread {
+    /// Resolves when the controller has stopped (after `stop` turned true).
+    pub async fn finished(self) {
+        let _ = self.finished.await;
+    }
+}
+
+/// Runs the controller ([`run`]) on a thread and runtime of its own, below
+/// the proxy workers' CPU priority ([`CONTROLLER_NICE`]); its client, its
+/// watches and its route compiles all run there. Returns once the client is
+/// made, so a bad kubeconfig is the caller's error.
+pub async fn spawn(
+    options: ClientOptions,
+    settings: KubernetesSettings,
+    check: Check,
+    publish: Publish,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<ControllerThread, Error> {
+    let (made_tx, made_rx) = tokio::sync::oneshot::channel();
+    let (finished_tx, finished) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(Error::Thread)?;
+    std::thread::Builder::new()
+        .name("postern-k8s".into())
+        .spawn(move || {
+            lower_this_threads_priority(CONTROLLER_NICE);
+            runtime.block_on(async move {
+                match client(&options).await {
+                    Ok(client) => {
+                        let _ = made_tx.send(Ok(()));
+                        run(client, settings, check, publish, stop).await;
+                    }
+                    Err(e) => {
+                        let _ = made_tx.send(Err(e));
+                    }
+                }
+            });
+            // The watches' tasks end with the runtime, before this says so.
+            drop(runtime);
+            let _ = finished_tx.send(());
+        })
+        .map_err(Error::Thread)?;
+    match made_rx.await {
+        Ok(made) => made.map(|()| ControllerThread { finished }),
+        Err(_) => Err(Error::Thread(std::io::Error::other("the controller's thread ended before its client was made"))),
+    }
+}
+
+/// Raises the calling thread's nice value (Linux keeps one per thread). A
+/// failure only costs the preference, so it is logged, not fatal.
+fn lower_this_threads_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take plain integers and touch only
+        // this thread's scheduling attributes.
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, nice) };
+        if result != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the controller thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// Watches the cluster and publishes its routes until `stop` turns true

@@ -70,7 +70,6 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
     // Ready once the cluster's first full sync is in the table.
     let mut controller = None;
     let cluster_synced = if cluster.enable || settings.kubernetes.enabled {
-        let client = crate::k8s::client(&cluster.client).await?;
         let (synced_tx, synced_rx) = tokio::sync::oneshot::channel::<()>();
         let synced_tx = std::sync::Mutex::new(Some(synced_tx));
         let check_settings = settings.clone();
@@ -84,8 +83,9 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
         });
         tracing::info!(ingress_class = %settings.kubernetes.ingress_class, "watching the cluster");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(crate::k8s::run(client, settings.kubernetes.clone(), check, publish, stop_rx));
-        controller = Some((stop_tx, task));
+        let thread =
+            crate::k8s::spawn(cluster.client.clone(), settings.kubernetes.clone(), check, publish, stop_rx).await?;
+        controller = Some((stop_tx, thread));
         Some(synced_rx)
     } else {
         None
@@ -133,10 +133,10 @@ pub async fn run(config_path: PathBuf, grace: Duration, cluster: Cluster) -> Res
     tracing::info!("shutting down");
     metrics.set_ready(false);
     reloader.abort();
-    if let Some((stop_controller, task)) = controller {
+    if let Some((stop_controller, thread)) = controller {
         // It releases the leader Lease, so a successor need not wait it out.
         let _ = stop_controller.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), thread.finished()).await;
     }
     stop.cancel();
     while tasks.join_next().await.is_some() {}
