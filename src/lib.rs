@@ -9,7 +9,7 @@
 //! ```text
 //! cli → serve → proxy → routes → auth → policy → config → cors
 //!         └───→ k8s ───────────────────────────→ config
-//!                                                  ↘ identity, suggest, trust, telemetry (leaves)
+//!                                                  ↘ identity, suggest, trust, telemetry, background (leaves)
 //! ```
 //!
 //! - `config` is the model every source produces (`Settings`, `RouteSpec`).
@@ -25,6 +25,7 @@
 //!   cluster (`k8s`) hand their specs to the same place (`RouteSources`).
 
 pub mod auth;
+mod background;
 pub mod cli;
 pub mod config;
 pub mod cors;

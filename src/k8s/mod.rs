@@ -114,10 +114,9 @@ pub async fn client(options: &ClientOptions) -> Result<kube::Client, Error> {
 }
 
 /// How much less CPU the controller's thread gets than the proxy's workers
-/// when they compete (a nice value: 5 is about a third of a worker's share).
-/// On a busy node a burst of object changes then waits for requests, not
-/// the other way round; when the workers are idle the controller runs at
-/// full speed.
+/// when they compete (a nice value: 5 is about a third of a worker's
+/// share), so a burst of object changes waits for requests, not the other
+/// way round (see [`crate::background`]).
 const CONTROLLER_NICE: i32 = 5;
 
 /// The running controller thread (see [`spawn`]).
@@ -149,7 +148,7 @@ pub async fn spawn(
     std::thread::Builder::new()
         .name("postern-k8s".into())
         .spawn(move || {
-            lower_this_threads_priority(CONTROLLER_NICE);
+            crate::background::lower_this_threads_priority(CONTROLLER_NICE);
             runtime.block_on(async move {
                 match client(&options).await {
                     Ok(client) => {
@@ -170,22 +169,6 @@ pub async fn spawn(
         Ok(made) => made.map(|()| ControllerThread { finished }),
         Err(_) => Err(Error::Thread(std::io::Error::other("the controller's thread ended before its client was made"))),
     }
-}
-
-/// Raises the calling thread's nice value (Linux keeps one per thread). A
-/// failure only costs the preference, so it is logged, not fatal.
-fn lower_this_threads_priority(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid and setpriority take plain integers and touch only
-        // this thread's scheduling attributes.
-        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, libc::gettid() as _, nice) };
-        if result != 0 {
-            tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the controller thread's priority");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
 }
 
 /// Watches the cluster and publishes its routes until `stop` turns true
