@@ -27,7 +27,13 @@ use tracing::field::{Field, Visit};
 use super::LogFormat;
 
 /// How long a line waits, at most, before the writer thread writes it.
-const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Short, so each write is small and preempts a worker briefly (at 50 ms
+/// the p99 with the log on was 1.8× that with it off).
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+
+/// The writer thread's nice value above the workers': a batch waits for a
+/// request, not the other way round (see [`crate::background`]).
+const WRITER_NICE: i32 = 5;
 
 /// Bytes of lines waiting for the writer (about 25,000 typical lines, half
 /// a second at full load); lines that do not fit are dropped.
@@ -104,6 +110,7 @@ impl AccessLog {
         });
         let shared = pending.clone();
         let thread = std::thread::Builder::new().name("postern-access-log".into()).spawn(move || {
+            crate::background::lower_this_threads_priority(WRITER_NICE);
             let mut spare = Vec::new();
             while !shared.stop.load(Ordering::Acquire) {
                 std::thread::park_timeout(FLUSH_EVERY);
