@@ -164,15 +164,24 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AccessLog {
 /// fields flattened (`{"timestamp":..,"level":..,"message":..,"key":..,"target":..}`).
 fn format_line(out: &mut Vec<u8>, format: LogFormat, event: &tracing::Event<'_>, now: SystemTime) {
     let meta = event.metadata();
-    let timestamp = humantime::format_rfc3339_micros(now);
-    // Writing into a Vec cannot fail.
     match format {
         LogFormat::Text => {
-            let _ = write!(out, "{timestamp} {:>5} {}:", meta.level(), meta.target());
+            timestamp(out, now);
+            // `{:>5}`: the level right-aligned in five columns.
+            let level = meta.level().as_str();
+            out.resize(out.len() + 6 - level.len(), b' ');
+            out.extend_from_slice(level.as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(meta.target().as_bytes());
+            out.push(b':');
             event.record(&mut TextFields { out });
         }
         LogFormat::Json => {
-            let _ = write!(out, "{{\"timestamp\":\"{timestamp}\",\"level\":\"{}\"", meta.level());
+            out.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(out, now);
+            out.extend_from_slice(b"\",\"level\":\"");
+            out.extend_from_slice(meta.level().as_str().as_bytes());
+            out.push(b'"');
             event.record(&mut JsonFields { out });
             out.extend_from_slice(b",\"target\":");
             json_string(out, meta.target());
@@ -180,6 +189,56 @@ fn format_line(out: &mut Vec<u8>, format: LogFormat, event: &tracing::Event<'_>,
         }
     }
     out.push(b'\n');
+}
+
+thread_local! {
+    /// The formatted date and time up to the second (`2026-12-04T22:57:06.`)
+    /// of the last line this worker wrote, and that second: lines in the
+    /// same second reuse it and format only the microseconds.
+    static SECOND: RefCell<(u64, Vec<u8>)> = const { RefCell::new((u64::MAX, Vec::new())) };
+}
+
+/// `now` as RFC 3339 UTC with microseconds, as `tracing-subscriber` writes it.
+fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
+    let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let (secs, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let formatted = humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+            second.1.clear();
+            let _ = write!(second.1, "{formatted}");
+            // `...:06Z` → `...:06.`
+            second.1.pop();
+            second.1.push(b'.');
+            second.0 = secs;
+        }
+        out.extend_from_slice(&second.1);
+    });
+    let digits = itoa::Buffer::new().format(micros).len();
+    out.resize(out.len() + 6 - digits, b'0');
+    out.extend_from_slice(itoa::Buffer::new().format(micros).as_bytes());
+    out.push(b'Z');
+}
+
+/// Appends ` name=` (the name as given).
+fn text_key(out: &mut Vec<u8>, field: &Field) {
+    out.push(b' ');
+    out.extend_from_slice(field.name().as_bytes());
+    out.push(b'=');
+}
+
+/// Appends `value` as Rust's `Debug` writes a string: printable ASCII
+/// without `"` or `\\` as it is, in quotes (every access-log value, nearly
+/// always); anything else through `Debug` itself.
+fn text_quoted(out: &mut Vec<u8>, value: &str) {
+    if value.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(value.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, "{value:?}");
+    }
 }
 
 /// `key=value` pairs after the message; strings quoted and escaped as
@@ -191,29 +250,35 @@ struct TextFields<'a> {
 impl Visit for TextFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
-            let _ = write!(self.out, " {value}");
+            self.out.push(b' ');
+            self.out.extend_from_slice(value.as_bytes());
         } else {
-            let _ = write!(self.out, " {}={value:?}", field.name());
+            text_key(self.out, field);
+            text_quoted(self.out, value);
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        let _ = write!(self.out, " {}={}", field.name(), itoa::Buffer::new().format(value));
+        text_key(self.out, field);
+        self.out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        let _ = write!(self.out, " {}={}", field.name(), itoa::Buffer::new().format(value));
+        text_key(self.out, field);
+        self.out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        let _ = write!(self.out, " {}={value}", field.name());
+        text_key(self.out, field);
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         if field.name() == "message" {
             let _ = write!(self.out, " {value:?}");
         } else {
-            let _ = write!(self.out, " {}={value:?}", field.name());
+            text_key(self.out, field);
+            let _ = write!(self.out, "{value:?}");
         }
     }
 }
@@ -354,6 +419,7 @@ mod tests {
                 target: super::super::ACCESS_LOG,
                 tracing::Level::INFO,
                 http.method = "GET",
+                http.host = "plain.example",
                 http.path = "/a \"quoted\"\\path\n\u{1}é",
                 http.status = 404u16,
                 duration_ms = 1.25,
@@ -376,6 +442,22 @@ mod tests {
         let parse = |v: &serde_json::Value| humantime::parse_rfc3339(v.as_str().expect("string")).expect("RFC 3339");
         let gap = parse(&b).duration_since(parse(&a)).unwrap_or_default();
         assert!(gap < Duration::from_secs(5), "{a} vs {b}");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds_across_seconds() {
+        for (secs, micros, want) in [
+            (1_796_425_026, 7, "2026-12-04T22:57:06.000007Z"),
+            (1_796_425_026, 999_999, "2026-12-04T22:57:06.999999Z"),
+            (1_796_425_027, 120_000, "2026-12-04T22:57:07.120000Z"),
+            (0, 0, "1970-01-01T00:00:00.000000Z"),
+        ] {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(micros);
+            let mut out = Vec::new();
+            timestamp(&mut out, now);
+            assert_eq!(String::from_utf8(out).expect("utf-8"), want);
+            assert_eq!(humantime::format_rfc3339_micros(now).to_string(), want);
+        }
     }
 
     #[test]
