@@ -76,6 +76,18 @@ async fn until_body(client: &reqwest::Client, url: &str, want: &str, timeout: Du
     None
 }
 
+/// Patches Routes `r0`.. `r{count - 1}` to answer "v2", 32 at a time.
+async fn answer_v2(routes: &Api<Route>, count: usize) {
+    futures_util::stream::iter(0..count)
+        .map(|i| async move {
+            let patch = json!({ "spec": { "response": { "status": 200, "body": "v2" } } });
+            routes.patch(&format!("r{i}"), &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+}
+
 /// GETs one URL every 2 ms on a thread and runtime of its own, so the
 /// latency it records is Postern's and the machine's, not the wait for
 /// this process's busy runtime.
@@ -265,34 +277,14 @@ async fn main() {
 
     let control = Probe::start(p.addr, unchanged.clone());
     let t = Instant::now();
-    futures_util::stream::iter(0..burst)
-        .map(|i| {
-            let unwatched = unwatched.clone();
-            async move {
-                let patch = json!({ "spec": { "response": { "status": 200, "body": "v2" } } });
-                unwatched.patch(&format!("r{i}"), &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    answer_v2(&unwatched, burst).await;
     let control_applied = t.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (control_lat, control_failed) = control.finish();
 
     let during = Probe::start(p.addr, unchanged);
     let t = Instant::now();
-    futures_util::stream::iter(0..burst)
-        .map(|i| {
-            let routes = routes.clone();
-            async move {
-                let patch = json!({ "spec": { "response": { "status": 200, "body": "v2" } } });
-                routes.patch(&format!("r{i}"), &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patch");
-            }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<_>>()
-        .await;
+    answer_v2(&routes, burst).await;
     let applied = t.elapsed();
     let mut pending: Vec<usize> = (0..burst).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
