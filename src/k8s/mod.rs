@@ -173,7 +173,7 @@ pub async fn spawn(
 
 /// Watches the cluster and publishes its routes until `stop` turns true
 /// (then releases the leader Lease, if held).
-pub async fn run(
+async fn run(
     client: kube::Client,
     settings: KubernetesSettings,
     check: Check,
