@@ -215,9 +215,10 @@ fn timestamp(out: &mut Vec<u8>, now: SystemTime) {
         }
         out.extend_from_slice(&second.1);
     });
-    let digits = itoa::Buffer::new().format(micros).len();
-    out.resize(out.len() + 6 - digits, b'0');
-    out.extend_from_slice(itoa::Buffer::new().format(micros).as_bytes());
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(micros).as_bytes();
+    out.resize(out.len() + 6 - digits.len(), b'0');
+    out.extend_from_slice(digits);
     out.push(b'Z');
 }
 
